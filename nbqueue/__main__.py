@@ -1,0 +1,3 @@
+from nbqueue.cli import main
+
+main()
