@@ -1,0 +1,64 @@
+"""nbqueue: run functions written in Jupyter notebooks on background workers through Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from nbqueue.connection import connect
+from nbqueue.context import get_current_job
+from nbqueue.errors import (
+    AbandonedJobError,
+    DeserializationError,
+    InvalidJobOperation,
+    InvalidOptionError,
+    JobTimeoutException,
+    NbqueueError,
+    NoSuchJobError,
+    SerializationError,
+)
+from nbqueue.job import Job, JobStatus
+from nbqueue.queue import Queue
+from nbqueue.registry import (
+    CanceledJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
+from nbqueue.results import Result
+from nbqueue.retry import Retry
+from nbqueue.version import __version__
+from nbqueue.worker import Worker
+
+__all__ = [
+    "AbandonedJobError",
+    "CanceledJobRegistry",
+    "DeserializationError",
+    "FailedJobRegistry",
+    "FinishedJobRegistry",
+    "InvalidJobOperation",
+    "InvalidOptionError",
+    "Job",
+    "JobStatus",
+    "JobTimeoutException",
+    "NbqueueError",
+    "NoSuchJobError",
+    "Queue",
+    "Result",
+    "Retry",
+    "ScheduledJobRegistry",
+    "SerializationError",
+    "StartedJobRegistry",
+    "Worker",
+    "__version__",
+    "connect",
+    "get_current_job",
+    "load_ipython_extension",
+]
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """Register the ``%%enqueue`` magic; run by ``%load_ext nbqueue``."""
+    from nbqueue.jupyter.magics import load_ipython_extension as load
+
+    load(ipython)

@@ -1,0 +1,307 @@
+"""Jobs: a function call stored in Redis, with its options, state and results."""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Iterable
+from datetime import datetime, timezone
+from typing import Any
+
+import redis
+
+from nbqueue import keys, serialization
+from nbqueue.connection import blocking_client, connect
+from nbqueue.errors import InvalidOptionError, NoSuchJobError
+from nbqueue.results import DISCARDED_MARKER, MAX_RESULTS, Result, decode_entries
+from nbqueue.settings import load_settings
+
+#: Longest single blocking read while waiting for a result, so that Ctrl-C is seen within about a second.
+WAIT_CHUNK_S = 1.0
+#: Longest job id accepted, in characters.
+MAX_JOB_ID_LENGTH = 65536
+
+
+class JobStatus(str, enum.Enum):
+    """The state of a job, stored in its hash's ``status`` field."""
+
+    QUEUED = "queued"
+    STARTED = "started"
+    FINISHED = "finished"
+    FAILED = "failed"
+    SCHEDULED = "scheduled"
+    STOPPED = "stopped"
+    CANCELED = "canceled"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+# Fields read by Job.fetch and refresh; the payload is left out because it can be large.
+_FIELDS = (
+    "status", "queue", "func", "description", "created_at", "enqueued_at", "started_at", "ended_at",
+    "worker", "timeout", "result_ttl", "failure_ttl", "ttl", "meta", "retries_left", "execution",
+)
+
+
+def validate_job_id(job_id: object) -> str:
+    """Return ``job_id`` if it is a usable id, else raise :class:`InvalidOptionError`."""
+    if not isinstance(job_id, str):
+        raise InvalidOptionError(f"job_id={job_id!r} is invalid: a job id must be a str, got {type(job_id).__name__}")
+    if not job_id:
+        raise InvalidOptionError("job_id='' is invalid: a job id must not be empty")
+    if len(job_id) > MAX_JOB_ID_LENGTH:
+        raise InvalidOptionError(f"job_id of {len(job_id):,} characters is too long: the limit is {MAX_JOB_ID_LENGTH:,}")
+    try:
+        job_id.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidOptionError(f"job_id={job_id!r} is invalid: it is not valid Unicode text ({exc.reason})") from exc
+    return job_id
+
+
+class Job:
+    """A handle on one job in Redis. Create jobs with :meth:`Queue.enqueue`; load them with :meth:`fetch`."""
+
+    def __init__(self, id: str, connection: redis.Redis | str | None = None):
+        self.id = validate_job_id(id)
+        self.connection = connect(connection)
+        self._fields: dict[str, bytes] = {}
+        self._meta: dict[str, Any] | None = None
+        self._cached_result: Result | None = None
+
+    # Loading
+
+    @classmethod
+    def fetch(cls, id: str, connection: redis.Redis | str | None = None) -> Job:
+        """Load the job with this id; raise :class:`NoSuchJobError` if there is none."""
+        job = cls(id, connection)
+        job.refresh()
+        return job
+
+    @classmethod
+    def fetch_many(cls, job_ids: Iterable[str], connection: redis.Redis | str | None = None) -> list[Job | None]:
+        """Load several jobs in one round trip; missing jobs are None, in the same order."""
+        client = connect(connection)
+        jobs = [cls(job_id, client) for job_id in job_ids]
+        pipe = client.pipeline(transaction=False)
+        for job in jobs:
+            pipe.hmget(keys.job(job.id), _FIELDS)
+        loaded: list[Job | None] = []
+        for job, values in zip(jobs, pipe.execute()):
+            if values[0] is None:
+                loaded.append(None)
+            else:
+                job._set_fields(values)
+                loaded.append(job)
+        return loaded
+
+    def refresh(self) -> None:
+        """Reload the job's fields from Redis."""
+        values = self.connection.hmget(keys.job(self.id), _FIELDS)
+        if values[0] is None:
+            raise NoSuchJobError(f"No job with id {self.id!r}: it was never created, was deleted, or has expired")
+        self._set_fields(values)
+
+    def _set_fields(self, values: list[bytes | None]) -> None:
+        self._fields = {name: value for name, value in zip(_FIELDS, values) if value is not None}
+        self._meta = None
+
+    def _text(self, name: str) -> str | None:
+        value = self._fields.get(name)
+        return value.decode() if value is not None else None
+
+    def _time(self, name: str) -> datetime | None:
+        value = self._fields.get(name)
+        return datetime.fromtimestamp(float(value), tz=timezone.utc) if value is not None else None
+
+    def _number(self, name: str) -> float | None:
+        value = self._fields.get(name)
+        return float(value) if value is not None else None
+
+    # Fields
+
+    @property
+    def origin(self) -> str:
+        """Name of the queue the job was enqueued on."""
+        return self._text("queue") or ""
+
+    @property
+    def func_name(self) -> str:
+        """Qualified name of the job's function."""
+        return self._text("func") or ""
+
+    @property
+    def description(self) -> str:
+        """Human-readable summary of the call."""
+        return self._text("description") or self.func_name
+
+    @property
+    def timeout(self) -> float | None:
+        """Seconds the job may run before its work horse is killed; -1 for no limit."""
+        return self._number("timeout")
+
+    @property
+    def result_ttl(self) -> int | None:
+        """Seconds a finished job and its results are kept; -1 forever, 0 not at all."""
+        value = self._number("result_ttl")
+        return int(value) if value is not None else None
+
+    @property
+    def failure_ttl(self) -> int | None:
+        """Seconds a failed job and its results are kept; -1 forever."""
+        value = self._number("failure_ttl")
+        return int(value) if value is not None else None
+
+    @property
+    def ttl(self) -> int | None:
+        """Seconds the job may wait in its queue before it expires unrun; None for no limit."""
+        value = self._number("ttl")
+        return int(value) if value is not None else None
+
+    @property
+    def retries_left(self) -> int | None:
+        """How many more runs an exception may lead to."""
+        value = self._number("retries_left")
+        return int(value) if value is not None else None
+
+    @property
+    def created_at(self) -> datetime | None:
+        return self._time("created_at")
+
+    @property
+    def enqueued_at(self) -> datetime | None:
+        return self._time("enqueued_at")
+
+    @property
+    def started_at(self) -> datetime | None:
+        """When the latest execution started, by the worker's clock."""
+        return self._time("started_at")
+
+    @property
+    def ended_at(self) -> datetime | None:
+        """When the latest execution ended, by the worker's clock."""
+        return self._time("ended_at")
+
+    @property
+    def worker_name(self) -> str | None:
+        """Name of the worker that ran the latest execution."""
+        return self._text("worker")
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """Free-form data kept with the job; change it, then call :meth:`save_meta`."""
+        if self._meta is None:
+            raw = self._fields.get("meta")
+            self._meta = (
+                serialization.loads(raw, secret_key=load_settings().secret_key, what=f"meta of job {self.id!r}")
+                if raw
+                else {}
+            )
+        return self._meta
+
+    def save_meta(self) -> None:
+        """Write :attr:`meta` to Redis, leaving every other field as it is."""
+        settings = load_settings()
+        data = serialization.dumps(
+            self.meta, max_bytes=settings.max_payload_bytes, secret_key=settings.secret_key, what="job meta"
+        )
+        self.connection.hset(keys.job(self.id), "meta", data)
+        self._fields["meta"] = data
+
+    # State
+
+    def get_status(self, refresh: bool = True) -> JobStatus:
+        """Return the job's status, read from Redis unless ``refresh`` is False."""
+        if refresh:
+            raw = self.connection.hget(keys.job(self.id), "status")
+            if raw is None:
+                raise NoSuchJobError(f"No job with id {self.id!r}: it was never created, was deleted, or has expired")
+            self._fields["status"] = raw
+        return JobStatus(self._text("status"))
+
+    @property
+    def is_finished(self) -> bool:
+        return self.get_status() == JobStatus.FINISHED
+
+    @property
+    def is_failed(self) -> bool:
+        return self.get_status() == JobStatus.FAILED
+
+    @property
+    def is_queued(self) -> bool:
+        return self.get_status() == JobStatus.QUEUED
+
+    @property
+    def is_started(self) -> bool:
+        return self.get_status() == JobStatus.STARTED
+
+    def exists(self) -> bool:
+        return bool(self.connection.exists(keys.job(self.id)))
+
+    # Results
+
+    def results(self) -> list[Result]:
+        """Return the job's results, newest first: one per execution, at most the 10 latest."""
+        entries = self.connection.xrevrange(keys.results(self.id), count=MAX_RESULTS)
+        return decode_entries(self.id, entries)
+
+    def latest_result(self, timeout: float | None = None) -> Result | None:
+        """Return the newest result, or None.
+
+        With ``timeout`` (seconds, float allowed), wait up to that long for a first result when there is none
+        yet. The wait returns None as soon as the job is gone, including a job run with ``result_ttl=0``.
+        """
+        if timeout is None or timeout == 0:
+            return self._newest(self.connection.xrevrange(keys.results(self.id), count=1))
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+            raise InvalidOptionError(f"timeout={timeout!r} is invalid: give a number of seconds >= 0")
+        return self._wait_for_result(float(timeout))
+
+    def _newest(self, entries: list) -> Result | None:
+        results = decode_entries(self.id, entries)
+        return results[0] if results else None
+
+    def _wait_for_result(self, timeout_s: float) -> Result | None:
+        deadline = time.monotonic() + timeout_s
+        waiter = blocking_client(self.connection, WAIT_CHUNK_S + 10)
+        results_key, job_key = keys.results(self.id), keys.job(self.id)
+        while True:
+            remaining_s = deadline - time.monotonic()
+            block_ms = max(1, int(min(remaining_s, WAIT_CHUNK_S) * 1000))
+            pipe = waiter.pipeline(transaction=False)
+            pipe.xrevrange(results_key, count=1)
+            pipe.exists(job_key)
+            pipe.xread({results_key: "0-0"}, count=1, block=block_ms)
+            newest, job_exists, _ = pipe.execute()
+            if newest:
+                if newest[0][1].get(b"type") == DISCARDED_MARKER:
+                    return None
+                return self._newest(newest)
+            if not job_exists or time.monotonic() >= deadline:
+                return None
+
+    def return_value(self, refresh: bool = False) -> Any:
+        """Return the latest result's value if that result is SUCCESSFUL, else None."""
+        if refresh or self._cached_result is None:
+            self._cached_result = self.latest_result()
+        result = self._cached_result
+        if result is None or result.type != Result.Type.SUCCESSFUL:
+            return None
+        return result.return_value
+
+    # Display
+
+    def __repr__(self) -> str:
+        status = self._text("status") or "unknown"
+        return f"Job({self.id!r}, status={status!r}, queue={self.origin!r})"
+
+    def _repr_html_(self) -> str:
+        from nbqueue.jupyter.html import job_html
+
+        return job_html(self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)

@@ -1,0 +1,267 @@
+"""Queues: named lists of job ids in Redis, and the ``enqueue`` family that creates jobs."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from nbqueue import keys, serialization
+from nbqueue.connection import connect
+from nbqueue.durations import (
+    DEFAULT_FAILURE_TTL_S,
+    DEFAULT_JOB_TIMEOUT_S,
+    DEFAULT_RESULT_TTL_S,
+    parse_job_timeout,
+    parse_ttl,
+)
+from nbqueue.errors import InvalidOptionError
+from nbqueue.job import Job, JobStatus, validate_job_id
+from nbqueue.registry import (
+    CanceledJobRegistry,
+    FailedJobRegistry,
+    FinishedJobRegistry,
+    ScheduledJobRegistry,
+    StartedJobRegistry,
+)
+from nbqueue.retry import Retry
+from nbqueue.settings import load_settings
+
+#: Keyword arguments of ``enqueue`` that are options, not arguments of the function.
+ENQUEUE_OPTIONS = frozenset(
+    {"job_timeout", "result_ttl", "failure_ttl", "ttl", "retry", "job_id", "description", "meta", "at_front"}
+)
+
+
+@dataclass
+class EnqueueData:
+    """One call prepared by :meth:`Queue.prepare_data` for :meth:`Queue.enqueue_many`."""
+
+    func: Callable[..., Any] | str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Queue:
+    """A named queue of jobs. ``connection=None`` resolves ``NBQUEUE_REDIS_URL``, else the embedded server."""
+
+    def __init__(
+        self,
+        name: str = "default",
+        connection: redis.Redis | str | None = None,
+        default_timeout: float | str | None = None,
+    ):
+        if not isinstance(name, str) or not name:
+            raise InvalidOptionError(f"Queue name {name!r} is invalid: use a non-empty str")
+        self.name = name
+        self.connection = connect(connection)
+        self.default_timeout = parse_job_timeout(default_timeout, "default_timeout")
+        self.key = keys.queue(name)
+        self._registered = False
+
+    # Creating jobs
+
+    def enqueue(self, f: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> Job:
+        """Create a job that calls ``f(*args, **kwargs)`` on a worker, and put it at the end of the queue.
+
+        Options (taken out of ``kwargs``): ``job_timeout``, ``result_ttl``, ``failure_ttl``, ``ttl``, ``retry``,
+        ``job_id``, ``description``, ``meta``, ``at_front``. Use :meth:`enqueue_call` for a function whose own
+        keyword arguments have these names.
+        """
+        options = {name: kwargs.pop(name) for name in list(kwargs) if name in ENQUEUE_OPTIONS}
+        return self.enqueue_call(f, args=args, kwargs=kwargs, **options)
+
+    def enqueue_call(
+        self,
+        func: Callable[..., Any] | str,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Job:
+        """Create a job from explicit ``args`` and ``kwargs``; every other keyword is an option."""
+        return self.enqueue_many([self.prepare_data(func, args, kwargs, **options)])[0]
+
+    @staticmethod
+    def prepare_data(
+        func: Callable[..., Any] | str,
+        args: Iterable[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> EnqueueData:
+        """Describe one call for :meth:`enqueue_many`."""
+        unknown = sorted(set(options) - ENQUEUE_OPTIONS)
+        if unknown:
+            raise InvalidOptionError(
+                f"Unknown enqueue option {unknown[0]!r}: the options are {', '.join(sorted(ENQUEUE_OPTIONS))}"
+            )
+        return EnqueueData(func, tuple(args), dict(kwargs or {}), options)
+
+    def enqueue_many(self, job_datas: Iterable[EnqueueData]) -> list[Job]:
+        """Create several jobs in one round trip. Every call is checked and pickled before anything is written."""
+        settings = load_settings()
+        prepared = [self._build(data, settings) for data in job_datas]
+        pipe = self.connection.pipeline(transaction=False)
+        if not self._registered:
+            pipe.sadd(keys.QUEUES, self.name)
+        for job_id, fields, ttl, at_front in prepared:
+            job_key = keys.job(job_id)
+            pipe.hset(job_key, mapping=fields)
+            if ttl is not None and ttl > 0:
+                pipe.expire(job_key, ttl)
+            if at_front:
+                pipe.lpush(self.key, job_id)
+            else:
+                pipe.rpush(self.key, job_id)
+        pipe.execute()
+        self._registered = True
+        jobs = []
+        for job_id, fields, _, _ in prepared:
+            job = Job(job_id, self.connection)
+            job._fields = {name: _to_bytes(value) for name, value in fields.items() if name != "payload"}
+            jobs.append(job)
+        return jobs
+
+    def map(self, f: Callable[..., Any] | str, iterable: Iterable[Any], **options: Any) -> list[Job]:
+        """Enqueue ``f(item)`` for every item, in one round trip; returns the jobs in input order."""
+        return self.enqueue_many([self.prepare_data(f, (item,), None, **options) for item in iterable])
+
+    def _build(self, data: EnqueueData, settings) -> tuple[str, dict[str, Any], int | None, bool]:
+        options = data.options
+        job_id = validate_job_id(options["job_id"]) if options.get("job_id") is not None else uuid.uuid4().hex
+        timeout = parse_job_timeout(options.get("job_timeout"))
+        if timeout is None:
+            timeout = self.default_timeout if self.default_timeout is not None else DEFAULT_JOB_TIMEOUT_S
+        result_ttl = parse_ttl(options.get("result_ttl"), "result_ttl")
+        failure_ttl = parse_ttl(options.get("failure_ttl"), "failure_ttl")
+        ttl = parse_ttl(options.get("ttl"), "ttl", allow_zero=False)
+        retry = options.get("retry")
+        if retry is not None and not isinstance(retry, Retry):
+            raise InvalidOptionError(f"retry={retry!r} is invalid: pass a Retry(max=..., interval=...)")
+        meta = options.get("meta")
+        if meta is not None and not isinstance(meta, dict):
+            raise InvalidOptionError(f"meta={meta!r} is invalid: pass a dict")
+        func = data.func
+        if not callable(func) and not (isinstance(func, str) and "." in func):
+            raise InvalidOptionError(
+                f"{func!r} is not callable: pass a function, or its import path as a 'module.function' string"
+            )
+
+        payload = serialization.dumps_call(
+            func, data.args, data.kwargs, max_bytes=settings.max_payload_bytes, secret_key=settings.secret_key
+        )
+        func_name = func if isinstance(func, str) else _qualified_name(func)
+        now = repr(time.time())
+        fields: dict[str, Any] = {
+            "status": JobStatus.QUEUED.value,
+            "queue": self.name,
+            "func": func_name,
+            "description": options.get("description") or _describe_call(func_name, data.args, data.kwargs),
+            "created_at": now,
+            "enqueued_at": now,
+            "timeout": repr(timeout),
+            "result_ttl": str(result_ttl if result_ttl is not None else DEFAULT_RESULT_TTL_S),
+            "failure_ttl": str(failure_ttl if failure_ttl is not None else DEFAULT_FAILURE_TTL_S),
+            "payload": payload,
+        }
+        if ttl is not None and ttl > 0:
+            fields["ttl"] = str(ttl)
+        if retry is not None:
+            fields["retries_left"] = str(retry.max)
+            fields["retry_intervals"] = json.dumps(retry.intervals)
+        if meta:
+            fields["meta"] = serialization.dumps(
+                meta, max_bytes=settings.max_payload_bytes, secret_key=settings.secret_key, what="job meta"
+            )
+        return job_id, fields, ttl, bool(options.get("at_front"))
+
+    # Reading
+
+    def __len__(self) -> int:
+        return self.count
+
+    @property
+    def count(self) -> int:
+        """Number of jobs waiting in the queue."""
+        return self.connection.llen(self.key)
+
+    @property
+    def job_ids(self) -> list[str]:
+        """Ids of the waiting jobs, head first."""
+        return [raw.decode() for raw in self.connection.lrange(self.key, 0, -1)]
+
+    @property
+    def jobs(self) -> list[Job]:
+        """The waiting jobs, head first; ids whose job has expired are left out."""
+        return [job for job in Job.fetch_many(self.job_ids, self.connection) if job is not None]
+
+    def fetch_job(self, job_id: str) -> Job:
+        return Job.fetch(job_id, self.connection)
+
+    def empty(self) -> int:
+        """Delete every waiting job and its data; return how many were removed."""
+        ids = self.connection.lrange(self.key, 0, -1)
+        pipe = self.connection.pipeline(transaction=True)
+        pipe.delete(self.key)
+        for raw in ids:
+            job_id = raw.decode()
+            pipe.delete(keys.job(job_id), keys.results(job_id))
+        pipe.execute()
+        return len(ids)
+
+    @property
+    def started_job_registry(self) -> StartedJobRegistry:
+        return StartedJobRegistry(queue=self)
+
+    @property
+    def finished_job_registry(self) -> FinishedJobRegistry:
+        return FinishedJobRegistry(queue=self)
+
+    @property
+    def failed_job_registry(self) -> FailedJobRegistry:
+        return FailedJobRegistry(queue=self)
+
+    @property
+    def scheduled_job_registry(self) -> ScheduledJobRegistry:
+        return ScheduledJobRegistry(queue=self)
+
+    @property
+    def canceled_job_registry(self) -> CanceledJobRegistry:
+        return CanceledJobRegistry(queue=self)
+
+    @classmethod
+    def all(cls, connection: redis.Redis | str | None = None) -> list[Queue]:
+        """Return every queue that ever had a job, sorted by name."""
+        client = connect(connection)
+        return [cls(raw.decode(), client) for raw in sorted(client.smembers(keys.QUEUES))]
+
+    def __repr__(self) -> str:
+        return f"Queue({self.name!r})"
+
+
+def _qualified_name(func: Callable[..., Any]) -> str:
+    module = getattr(func, "__module__", None) or ""
+    name = getattr(func, "__qualname__", None) or getattr(func, "__name__", None) or type(func).__qualname__
+    return f"{module}.{name}" if module and module != "builtins" else name
+
+
+def _describe_call(func_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    parts = [_short_repr(arg) for arg in args] + [f"{name}={_short_repr(value)}" for name, value in kwargs.items()]
+    return f"{func_name}({', '.join(parts)})"
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _to_bytes(value: Any) -> bytes:
+    return value if isinstance(value, bytes) else str(value).encode()

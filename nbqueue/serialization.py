@@ -1,0 +1,196 @@
+"""The payload envelope: cloudpickle data with a header of versions and an optional HMAC signature.
+
+Layout: ``b"NBQ1"``, a 4-byte big-endian header length, a JSON header, then the pickle. The header records
+the Python and cloudpickle versions that wrote the pickle and, when ``NBQUEUE_SECRET_KEY`` is set, an
+HMAC-SHA256 of the pickle, so that a reader can refuse a payload before unpickling it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import os
+import pickle
+import struct
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+from nbqueue.errors import DeserializationError, PayloadTooLargeError, SerializationError
+
+MAGIC = b"NBQ1"
+_HEADER_LENGTH = struct.Struct(">I")
+PYTHON_VERSION = "{}.{}.{}".format(*sys.version_info[:3])
+CLOUDPICKLE_VERSION = cloudpickle.__version__
+
+
+def dumps(obj: Any, *, max_bytes: int, secret_key: bytes | None, what: str = "payload") -> bytes:
+    """Pickle ``obj`` into an envelope; raise :class:`SerializationError` if it cannot be pickled."""
+    register_local_modules()
+    try:
+        body = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise SerializationError(f"Cannot pickle the {what}: {type(exc).__name__}: {exc}") from exc
+    return _wrap(body, max_bytes=max_bytes, secret_key=secret_key, what=what)
+
+
+def dumps_call(
+    func: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    max_bytes: int,
+    secret_key: bytes | None,
+) -> bytes:
+    """Pickle a call; on failure, name the function or argument that cannot be pickled."""
+    register_local_modules()
+    try:
+        body = cloudpickle.dumps((func, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        culprit = _find_unpicklable(func, args, kwargs)
+        raise SerializationError(
+            f"Cannot pickle {culprit} for the job: {type(exc).__name__}: {exc}. "
+            "Pass a picklable value, or create the object inside the job function."
+        ) from exc
+    return _wrap(body, max_bytes=max_bytes, secret_key=secret_key, what="job payload")
+
+
+def loads(data: bytes, *, secret_key: bytes | None, what: str = "payload") -> Any:
+    """Unpickle an envelope after checking its format, versions and signature."""
+    header, body = read_envelope(data, secret_key=secret_key, what=what)
+    try:
+        return pickle.loads(body)
+    except Exception as exc:
+        raise DeserializationError(f"Cannot unpickle the {what}: {type(exc).__name__}: {exc}") from exc
+
+
+def read_envelope(data: bytes, *, secret_key: bytes | None, what: str = "payload") -> tuple[dict[str, Any], memoryview]:
+    """Return the header and a view of the pickle, checking everything that can be checked unpickled."""
+    view = memoryview(data)
+    if len(view) < len(MAGIC) + _HEADER_LENGTH.size or bytes(view[: len(MAGIC)]) != MAGIC:
+        raise DeserializationError(f"The {what} is not an nbqueue payload: it does not start with {MAGIC!r}")
+    (header_length,) = _HEADER_LENGTH.unpack_from(view, len(MAGIC))
+    start = len(MAGIC) + _HEADER_LENGTH.size
+    if start + header_length > len(view):
+        raise DeserializationError(f"The {what} is truncated: its header needs {header_length} bytes")
+    try:
+        header = json.loads(bytes(view[start : start + header_length]))
+        if not isinstance(header, dict):
+            raise ValueError("header is not an object")
+    except ValueError as exc:
+        raise DeserializationError(f"The {what} has a corrupt header: {exc}") from exc
+    body = view[start + header_length :]
+    _check_versions(header, what)
+    _check_signature(header, body, secret_key, what)
+    return header, body
+
+
+def _wrap(body: bytes, *, max_bytes: int, secret_key: bytes | None, what: str) -> bytes:
+    header: dict[str, Any] = {"python": PYTHON_VERSION, "cloudpickle": CLOUDPICKLE_VERSION}
+    if secret_key is not None:
+        header["hmac"] = hmac.new(secret_key, body, hashlib.sha256).hexdigest()
+    header_bytes = json.dumps(header, separators=(",", ":")).encode()
+    size = len(MAGIC) + _HEADER_LENGTH.size + len(header_bytes) + len(body)
+    if size > max_bytes:
+        raise PayloadTooLargeError(
+            f"The {what} is {size:,} bytes, over the limit of {max_bytes:,} bytes: pass a smaller value "
+            "(for example a file path the worker can read) or raise NBQUEUE_MAX_PAYLOAD_BYTES"
+        )
+    out = io.BytesIO()
+    out.write(MAGIC)
+    out.write(_HEADER_LENGTH.pack(len(header_bytes)))
+    out.write(header_bytes)
+    out.write(body)
+    return out.getvalue()
+
+
+def _check_versions(header: dict[str, Any], what: str) -> None:
+    python = str(header.get("python", "unknown"))
+    writer_cloudpickle = str(header.get("cloudpickle", "unknown"))
+    if python.split(".")[:2] != PYTHON_VERSION.split(".")[:2]:
+        raise DeserializationError(
+            f"The {what} was pickled by Python {python} (cloudpickle {writer_cloudpickle}), but this process runs "
+            f"Python {PYTHON_VERSION} (cloudpickle {CLOUDPICKLE_VERSION}): run the worker and the notebook "
+            f"with the same Python minor version"
+        )
+    if writer_cloudpickle.split(".")[0] != CLOUDPICKLE_VERSION.split(".")[0]:
+        raise DeserializationError(
+            f"The {what} was pickled by cloudpickle {writer_cloudpickle} (Python {python}), but this process has "
+            f"cloudpickle {CLOUDPICKLE_VERSION} (Python {PYTHON_VERSION}): install the same cloudpickle major "
+            f"version on both sides"
+        )
+
+
+def _check_signature(header: dict[str, Any], body: memoryview, secret_key: bytes | None, what: str) -> None:
+    if secret_key is None:
+        return
+    signature = header.get("hmac")
+    if not isinstance(signature, str):
+        raise DeserializationError(
+            f"The {what} is unsigned but NBQUEUE_SECRET_KEY is set: it was not written by a client with the same "
+            f"key, so it is refused unread"
+        )
+    expected = hmac.new(secret_key, body, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(signature, expected):
+        raise DeserializationError(
+            f"The {what} has an invalid signature: it was written with another NBQUEUE_SECRET_KEY or altered, "
+            f"so it is refused unread"
+        )
+
+
+def _find_unpicklable(func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """Name the first part of a call that cloudpickle cannot pickle."""
+    parts: list[tuple[str, Any]] = [(f"the function {getattr(func, '__qualname__', func)!r}", func)]
+    parts += [(f"argument {index} ({type(arg).__name__})", arg) for index, arg in enumerate(args)]
+    parts += [(f"keyword argument {name!r} ({type(arg).__name__})", arg) for name, arg in kwargs.items()]
+    for label, part in parts:
+        try:
+            cloudpickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            return label
+    return "the call"
+
+
+# Module names already classified as local (pickled by value) or not.
+_module_is_local: dict[str, bool] = {}
+_installed_top_levels: set[str] | None = None
+
+
+def register_local_modules() -> None:
+    """Pickle by value the imported modules that live beside the notebook and are not installed.
+
+    A module counts as local when its file is below the current working folder (the notebook's folder in
+    a kernel), outside every site-packages folder, and it belongs to no installed distribution. Such a
+    module does not exist on a remote worker, so it travels inside the payload.
+    """
+    global _installed_top_levels
+    if len(_module_is_local) == len(sys.modules):
+        return
+    if _installed_top_levels is None:
+        from importlib.metadata import packages_distributions
+
+        _installed_top_levels = set(packages_distributions())
+    cwd = os.path.realpath(os.getcwd()) + os.sep
+    prefixes = tuple({os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
+    for name, module in list(sys.modules.items()):
+        if name in _module_is_local:
+            continue
+        top = name.partition(".")[0]
+        path = getattr(module, "__file__", None)
+        local = (
+            name != "__main__"
+            and "." not in name
+            and isinstance(path, str)
+            and top not in _installed_top_levels
+            and top not in sys.stdlib_module_names
+            and os.path.realpath(path).startswith(cwd)
+            and not os.path.realpath(path).startswith(prefixes)
+            and "site-packages" not in path
+        )
+        _module_is_local[name] = local
+        if local:
+            cloudpickle.register_pickle_by_value(module)
