@@ -289,6 +289,40 @@ class Job:
             return None
         return result.return_value
 
+    # Lifecycle
+
+    def stop(self) -> None:
+        """Kill the running job on its worker; it records STOPPED and is not retried."""
+        from nbqueue.commands import send_stop_job_command
+
+        send_stop_job_command(self.connection, self.id)
+
+    def cancel(self) -> None:
+        """Remove a queued or scheduled job from its queue into the canceled registry."""
+        from nbqueue.commands import cancel_job
+
+        cancel_job(self.connection, self.id, self._queue_name())
+        self._fields["status"] = JobStatus.CANCELED.value.encode()
+
+    def requeue(self, at_front: bool = False) -> Job:
+        """Put a failed, stopped or canceled job back on its queue; return the job."""
+        from nbqueue.commands import requeue_job
+
+        requeue_job(self.connection, self.id, self._queue_name(), at_front=at_front)
+        self._fields["status"] = JobStatus.QUEUED.value.encode()
+        return self
+
+    def delete(self) -> None:
+        """Delete the job, its results and its entries in its queue and registries."""
+        from nbqueue.commands import delete_job
+
+        delete_job(self.connection, self.id, self._queue_name())
+
+    def _queue_name(self) -> str:
+        if "queue" not in self._fields:
+            self.refresh()
+        return self.origin
+
     # Display
 
     def __repr__(self) -> str:

@@ -57,3 +57,12 @@ def canceled(queue_name: str) -> str:
 def worker(name: str) -> str:
     """Hash of one worker's state, counters and current jobs."""
     return f"{PREFIX}worker:{name}"
+
+
+def worker_commands(name: str) -> str:
+    """List of JSON commands for one worker, such as stopping a job it runs."""
+    return f"{PREFIX}worker:{name}:commands"
+
+
+#: String naming the worker that moves due scheduled jobs, expiring unless renewed.
+SCHEDULER_LOCK = PREFIX + "scheduler-lock"

@@ -7,6 +7,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
@@ -17,6 +18,7 @@ from nbqueue.durations import (
     DEFAULT_FAILURE_TTL_S,
     DEFAULT_JOB_TIMEOUT_S,
     DEFAULT_RESULT_TTL_S,
+    parse_duration,
     parse_job_timeout,
     parse_ttl,
 )
@@ -102,7 +104,25 @@ class Queue:
             )
         return EnqueueData(func, tuple(args), dict(kwargs or {}), options)
 
-    def enqueue_many(self, job_datas: Iterable[EnqueueData]) -> list[Job]:
+    def enqueue_at(self, when: datetime, f: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> Job:
+        """Like :meth:`enqueue`, but the job waits in the scheduled registry until ``when``.
+
+        A naive ``when`` is taken as local time. Workers move due jobs to the queue (see the scheduler).
+        """
+        if not isinstance(when, datetime):
+            raise InvalidOptionError(f"when={when!r} is invalid: pass a datetime")
+        options = {name: kwargs.pop(name) for name in list(kwargs) if name in ENQUEUE_OPTIONS}
+        return self.enqueue_many([self.prepare_data(f, args, kwargs, **options)], scheduled_at=when.timestamp())[0]
+
+    def enqueue_in(self, delay: timedelta | float | str, f: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> Job:
+        """Like :meth:`enqueue`, but the job runs after ``delay`` (a timedelta, seconds, or a string like "10m")."""
+        seconds = delay.total_seconds() if isinstance(delay, timedelta) else parse_duration(delay, "delay")
+        if seconds < 0:
+            raise InvalidOptionError(f"delay={delay!r} is invalid: use a delay >= 0")
+        options = {name: kwargs.pop(name) for name in list(kwargs) if name in ENQUEUE_OPTIONS}
+        return self.enqueue_many([self.prepare_data(f, args, kwargs, **options)], scheduled_at=time.time() + seconds)[0]
+
+    def enqueue_many(self, job_datas: Iterable[EnqueueData], *, scheduled_at: float | None = None) -> list[Job]:
         """Create several jobs in one round trip. Every call is checked and pickled before anything is written."""
         settings = load_settings()
         prepared = [self._build(data, settings) for data in job_datas]
@@ -111,10 +131,14 @@ class Queue:
             pipe.sadd(keys.QUEUES, self.name)
         for job_id, fields, ttl, at_front in prepared:
             job_key = keys.job(job_id)
+            if scheduled_at is not None:
+                fields["status"] = JobStatus.SCHEDULED.value
             pipe.hset(job_key, mapping=fields)
             if ttl is not None and ttl > 0:
                 pipe.expire(job_key, ttl)
-            if at_front:
+            if scheduled_at is not None:
+                pipe.zadd(keys.scheduled(self.name), {job_id: scheduled_at})
+            elif at_front:
                 pipe.lpush(self.key, job_id)
             else:
                 pipe.rpush(self.key, job_id)

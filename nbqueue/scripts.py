@@ -6,6 +6,8 @@ stays defined in one module.
 
 from __future__ import annotations
 
+import weakref
+
 import redis
 
 # Take up to `count` jobs from the queues, in the order given, straight into each queue's started registry.
@@ -95,9 +97,85 @@ return 1
 """
 
 
+
+
+# Move due jobs from scheduled registries to their queues, if this worker holds the scheduler lock.
+# KEYS: the lock key. ARGV: prefix, lock owner, lock ttl (ms), now, max jobs per queue, queue names...
+# Returns {moved, earliest}: the number of jobs moved, and the earliest remaining due time ('' if none
+# or if another worker holds the lock).
+ENQUEUE_DUE = """
+local prefix, owner, lock_ms, now, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= owner then return {0, ''} end
+redis.call('SET', KEYS[1], owner, 'PX', lock_ms)
+local moved, earliest = 0, nil
+for i = 6, #ARGV do
+  local q = ARGV[i]
+  local skey = prefix .. 'scheduled:' .. q
+  local due = redis.call('ZRANGEBYSCORE', skey, '-inf', now, 'LIMIT', 0, limit)
+  for _, id in ipairs(due) do
+    redis.call('ZREM', skey, id)
+    local jk = prefix .. 'job:' .. id
+    if redis.call('HGET', jk, 'status') == 'scheduled' then
+      redis.call('HSET', jk, 'status', 'queued', 'enqueued_at', now)
+      redis.call('RPUSH', prefix .. 'queue:' .. q, id)
+      moved = moved + 1
+    end
+  end
+  local first = redis.call('ZRANGE', skey, 0, 0, 'WITHSCORES')
+  if first[2] and (earliest == nil or tonumber(first[2]) < earliest) then earliest = tonumber(first[2]) end
+end
+if earliest == nil then return {moved, ''} end
+return {moved, tostring(earliest)}
+"""
+
+# Cancel a queued or scheduled job. KEYS: job hash, queue list, scheduled registry, canceled registry.
+# ARGV: job id, now. Returns the job's status before the call (false if the job does not exist);
+# the job is canceled only when that status was 'queued' or 'scheduled'.
+CANCEL = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'queued' and status ~= 'scheduled' then return status end
+redis.call('LREM', KEYS[2], 0, ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('HSET', KEYS[1], 'status', 'canceled', 'ended_at', ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[2], ARGV[1])
+return status
+"""
+
+# Put a failed, stopped or canceled job back on its queue. KEYS: job hash, queue list, failed registry,
+# canceled registry, results stream. ARGV: job id, now, at front ('1' or '0').
+# Returns the job's status before the call (false if the job does not exist).
+REQUEUE = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'failed' and status ~= 'stopped' and status ~= 'canceled' then return status end
+redis.call('ZREM', KEYS[3], ARGV[1])
+redis.call('ZREM', KEYS[4], ARGV[1])
+redis.call('HSET', KEYS[1], 'status', 'queued', 'enqueued_at', ARGV[2])
+redis.call('HDEL', KEYS[1], 'ended_at', 'stop_requested')
+redis.call('PERSIST', KEYS[1])
+redis.call('PERSIST', KEYS[5])
+if ARGV[3] == '1' then redis.call('LPUSH', KEYS[2], ARGV[1]) else redis.call('RPUSH', KEYS[2], ARGV[1]) end
+return status
+"""
+
+
 class Scripts:
     """The registered scripts of one client; each call runs as one EVALSHA."""
 
     def __init__(self, connection: redis.Redis):
         self.dequeue = connection.register_script(DEQUEUE)
         self.finish = connection.register_script(FINISH)
+        self.enqueue_due = connection.register_script(ENQUEUE_DUE)
+        self.cancel = connection.register_script(CANCEL)
+        self.requeue = connection.register_script(REQUEUE)
+
+
+_by_client: weakref.WeakKeyDictionary[redis.Redis, Scripts] = weakref.WeakKeyDictionary()
+
+
+def scripts_for(connection: redis.Redis) -> Scripts:
+    """Return the scripts registered on ``connection``, registering them on first use."""
+    scripts = _by_client.get(connection)
+    if scripts is None:
+        scripts = _by_client[connection] = Scripts(connection)
+    return scripts

@@ -31,16 +31,22 @@ from nbqueue.version import __version__
 from nbqueue.worker import horse
 from nbqueue.worker.failures import RETRY_FIELDS, failure_outcome
 from nbqueue.worker.outcome import Execution, Outcome, record
-from nbqueue.worker.waiter import QueueWaiter
+from nbqueue.worker.maintenance import (
+    HEARTBEAT_INTERVAL_S,
+    MAINTENANCE_INTERVAL_S,
+    SCHEDULER_INTERVAL_S,
+    STARTED_LEASE_S,
+    enqueue_due_jobs,
+    fail_abandoned_jobs,
+    send_heartbeat,
+)
+from nbqueue.worker.waiter import BlockingWait, CommandWaiter, QueueWaiter
 
 log = logging.getLogger("nbqueue.worker")
 
-#: Seconds between heartbeats: the worker key's expiry and the started registry's scores are renewed.
-HEARTBEAT_INTERVAL_S = 10.0
-#: Seconds after its last heartbeat that a running job is considered abandoned.
-STARTED_LEASE_S = 30.0
-#: Longest blocking wait on an empty queue, in seconds; an idle worker sends about one command per wait.
-QUEUE_WAIT_S = 5.0
+#: Longest blocking wait on an empty queue or the command list, in seconds. An idle worker sends one
+#: command per wait and queue, plus its heartbeats and scheduler and maintenance calls.
+QUEUE_WAIT_S = 10.0
 
 
 @dataclass
@@ -86,12 +92,17 @@ class Worker:
         self.counters = _Counters()
         self._horses: list[_Horse] = []
         self._selector = selectors.DefaultSelector()
-        self._waiters = [QueueWaiter(self.connection, keys.queue(q), QUEUE_WAIT_S) for q in self.queue_names]
+        self._waiters: list[BlockingWait] = [
+            QueueWaiter(self.connection, keys.queue(q), QUEUE_WAIT_S) for q in self.queue_names
+        ]
+        self._command_waiter = CommandWaiter(self.connection, keys.worker_commands(self.name), QUEUE_WAIT_S)
         self._stop_signal: str | None = None
         self._cold = False
         self._execution_base = uuid.uuid4().hex[:12]
         self._execution_count = 0
         self._next_heartbeat = 0.0
+        self._next_scheduler_run = 0.0
+        self._next_maintenance = 0.0
 
     # Lifecycle
 
@@ -117,7 +128,7 @@ class Worker:
             ran_any = self._loop(burst, wakeup_read)
         finally:
             self._shutdown_horses()
-            for waiter in self._waiters:
+            for waiter in [*self._waiters, self._command_waiter]:
                 waiter.close()
             signal.set_wakeup_fd(previous_wakeup)
             for sig, handler in previous_handlers.items():
@@ -167,13 +178,14 @@ class Worker:
         })
         pipe.expire(key, int(HEARTBEAT_INTERVAL_S * 3))
         pipe.sadd(keys.WORKERS, self.name)
+        pipe.delete(keys.worker_commands(self.name))
         pipe.execute()
         self._next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL_S
 
     def _unregister(self) -> None:
         try:
             pipe = self.connection.pipeline(transaction=False)
-            pipe.delete(keys.worker(self.name))
+            pipe.delete(keys.worker(self.name), keys.worker_commands(self.name))
             pipe.srem(keys.WORKERS, self.name)
             pipe.execute()
         except redis.RedisError as exc:
@@ -186,35 +198,63 @@ class Worker:
         while True:
             if self._cold:
                 return ran_any
-            busy = [h for h in self._horses if h.execution is not None]
-            if self._stop_signal is not None and not busy:
+            if self._stop_signal is not None and not self._busy():
                 return ran_any
-            if self._stop_signal is None:
-                try:
+            try:
+                self._run_periodic_tasks()
+                if self._stop_signal is None:
                     started = self._dequeue()
-                except redis.ConnectionError as exc:
-                    log.warning("Worker %s cannot reach Redis, retrying: %s", self.name, exc)
-                    self._reset_waiters()
-                    self._wait_events(1.0, wakeup_read)
-                    continue
-                ran_any = ran_any or started > 0
-                idle = any(h.execution is None for h in self._horses)
-                if idle and started == 0:
-                    if burst and not any(h.execution is not None for h in self._horses):
-                        return ran_any
-                    if not burst:
-                        self._arm_waiters()
+                    ran_any = ran_any or started > 0
+                    if started == 0 and self._idle():
+                        if burst and not self._busy():
+                            return ran_any
+                        if not burst:
+                            self._arm(self._waiters)
+                self._arm([self._command_waiter])
+            except redis.ConnectionError as exc:
+                log.warning("Worker %s cannot reach Redis, retrying in 1s: %s", self.name, exc)
+                self._reset_waiters()
+                self._wait_events(1.0, wakeup_read)
+                continue
             self._wait_events(self._select_timeout(burst), wakeup_read)
             self._enforce_deadlines()
-            self._heartbeat_if_due()
+
+    def _busy(self) -> bool:
+        return any(h.execution is not None for h in self._horses)
+
+    def _idle(self) -> bool:
+        return any(h.execution is None for h in self._horses)
+
+    def _run_periodic_tasks(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + HEARTBEAT_INTERVAL_S
+            running = [h.execution for h in self._horses if h.execution is not None]
+            send_heartbeat(self.connection, self.name, running, self._counter_fields())
+        if now >= self._next_scheduler_run:
+            moved, earliest = enqueue_due_jobs(self.scripts, self.name, self.queue_names)
+            if moved:
+                log.info("Worker %s moved %d due scheduled jobs to their queues", self.name, moved)
+            delay_s = SCHEDULER_INTERVAL_S if earliest is None else min(SCHEDULER_INTERVAL_S, earliest - time.time())
+            self._next_scheduler_run = now + max(0.0, delay_s)
+        if now >= self._next_maintenance:
+            self._next_maintenance = now + MAINTENANCE_INTERVAL_S
+            fail_abandoned_jobs(self.connection, self.scripts, self.name)
+
+    def _counter_fields(self) -> dict[str, int]:
+        return {
+            "finished": self.counters.finished, "failed": self.counters.failed,
+            "retried": self.counters.retried, "stopped": self.counters.stopped,
+        }
 
     def _select_timeout(self, burst: bool) -> float:
-        now = time.time()
-        timeout = max(0.0, self._next_heartbeat - time.monotonic())
+        now = time.monotonic()
+        timeout = max(0.0, min(self._next_heartbeat, self._next_scheduler_run, self._next_maintenance) - now)
+        wall = time.time()
         for h in self._horses:
             if h.execution is not None and h.execution.deadline is not None:
-                timeout = min(timeout, max(0.0, h.execution.deadline - now))
-        if burst and any(h.execution is None for h in self._horses):
+                timeout = min(timeout, max(0.0, h.execution.deadline - wall))
+        if burst and self._idle():
             # In burst mode nothing waits on the queues: look again as soon as a horse is free.
             timeout = min(timeout, 0.05)
         return timeout
@@ -227,35 +267,53 @@ class Worker:
                         pass
                 except BlockingIOError:
                     pass
-            elif isinstance(key.data, QueueWaiter):
+            elif isinstance(key.data, BlockingWait):
                 self._selector.unregister(key.fileobj)
                 try:
-                    key.data.complete()
+                    reply = key.data.complete()
                 except redis.RedisError as exc:
-                    log.warning("Worker %s lost its wait on %s: %s", self.name, key.data.queue_key, exc)
+                    log.warning("Worker %s lost its wait on %s: %s", self.name, key.data.key, exc)
                     key.data.close()
+                    continue
+                if key.data is self._command_waiter and reply:
+                    self._on_command(reply[1])
             else:
                 self._on_horse_message(key.data)
 
-    def _arm_waiters(self) -> None:
-        for waiter in self._waiters:
+    def _arm(self, waiters: list[BlockingWait]) -> None:
+        for waiter in waiters:
             if not waiter.armed:
-                try:
-                    waiter.arm()
-                except redis.ConnectionError as exc:
-                    log.warning("Worker %s cannot wait on %s: %s", self.name, waiter.queue_key, exc)
-                    waiter.close()
-                    continue
+                waiter.arm()
                 self._selector.register(waiter.fileno(), selectors.EVENT_READ, waiter)
 
     def _reset_waiters(self) -> None:
-        for waiter in self._waiters:
+        for waiter in [*self._waiters, self._command_waiter]:
             if waiter.armed:
                 try:
                     self._selector.unregister(waiter.fileno())
-                except (KeyError, ValueError, AssertionError, OSError):
+                except (KeyError, ValueError, AttributeError, OSError):
                     pass
             waiter.close()
+
+    def _on_command(self, raw: bytes) -> None:
+        try:
+            command = json.loads(raw)
+            name, job_id = command["command"], command["job_id"]
+        except (ValueError, KeyError, TypeError):
+            log.warning("Worker %s ignored a malformed command: %r", self.name, raw[:200])
+            return
+        if name != "stop-job":
+            log.warning("Worker %s ignored an unknown command %r", self.name, name)
+            return
+        for horse_ in self._horses:
+            if horse_.execution is not None and horse_.execution.job_id == job_id:
+                log.info("Job %s stop requested: queue=%s", job_id, horse_.execution.queue)
+                self._kill_horse(horse_)
+                self._end_execution(horse_, Outcome(
+                    Result.Type.STOPPED, exc_string="The job was stopped on request; its work horse was killed"
+                ))
+                return
+        log.warning("Worker %s got a stop request for job %s, which it is not running", self.name, job_id)
 
     # Jobs
 
@@ -305,6 +363,9 @@ class Worker:
             log.info("Job %s finished in %.3fs: queue=%s", job_id, duration_s, queue)
         elif type_value == Result.Type.RETRIED.value:
             self.counters.retried += 1
+            if retry_delay_s:
+                # This worker runs the scheduler if it holds its lock: move the job exactly when it is due.
+                self._next_scheduler_run = min(self._next_scheduler_run, time.monotonic() + retry_delay_s)
             last_line = (exc_string or "").strip().splitlines()[-1:] or [""]
             log.info("Job %s retried in %.1fs after %.3fs: queue=%s: %s", job_id, retry_delay_s or 0, duration_s, queue, last_line[0])
         elif type_value == Result.Type.STOPPED.value:
@@ -343,19 +404,29 @@ class Worker:
         )
 
     def _fail_execution(self, horse_: _Horse, exc_string: str) -> None:
-        """Record a failure the supervisor detected, then put a fresh horse in place of the dead one."""
+        """Record a failure the supervisor detected (or a retry, by the job's budget); replace the horse."""
+        execution = horse_.execution
+        if execution is None:
+            self._replace_horse(horse_)
+            return
+        names = ("result_ttl", "failure_ttl", *RETRY_FIELDS)
+        fields = dict(zip(names, self.connection.hmget(keys.job(execution.job_id), names)))
+        self._end_execution(horse_, failure_outcome(fields, exc_string), fields)
+
+    def _end_execution(self, horse_: _Horse, outcome: Outcome, fields: dict[str, Any] | None = None) -> None:
+        """Record the outcome of a run the supervisor ended, then put a fresh horse in place of the killed one."""
         execution = horse_.execution
         self._replace_horse(horse_)
         if execution is None:
             return
-        fields_raw = self.connection.hmget(keys.job(execution.job_id), ("result_ttl", "failure_ttl", *RETRY_FIELDS))
-        fields = dict(zip(("result_ttl", "failure_ttl", *RETRY_FIELDS), fields_raw))
-        outcome: Outcome = failure_outcome(fields, exc_string)
+        if fields is None:
+            names = ("result_ttl", "failure_ttl")
+            fields = dict(zip(names, self.connection.hmget(keys.job(execution.job_id), names)))
         record(
             self.connection, self.scripts, execution, outcome, worker_name=self.name,
             result_ttl_s=int(fields["result_ttl"] or 500), failure_ttl_s=int(fields["failure_ttl"] or -1),
         )
-        self._log_outcome(execution, outcome.type.value, exc_string, outcome.retry_delay_s)
+        self._log_outcome(execution, outcome.type.value, outcome.exc_string, outcome.retry_delay_s)
 
     # Work horses
 
@@ -421,27 +492,3 @@ class Worker:
             if horse_.process.is_alive():
                 self._kill_horse(horse_)
         self._horses.clear()
-
-    # Heartbeats
-
-    def _heartbeat_if_due(self) -> None:
-        if time.monotonic() < self._next_heartbeat:
-            return
-        self._next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL_S
-        now = time.time()
-        running = [h.execution for h in self._horses if h.execution is not None]
-        try:
-            pipe = self.connection.pipeline(transaction=False)
-            pipe.hset(keys.worker(self.name), mapping={
-                "last_heartbeat": repr(now),
-                "state": "busy" if running else "idle",
-                "current_jobs": json.dumps([e.job_id for e in running]),
-                "finished": self.counters.finished,
-                "failed": self.counters.failed,
-            })
-            pipe.expire(keys.worker(self.name), int(HEARTBEAT_INTERVAL_S * 3))
-            for execution in running:
-                pipe.zadd(keys.started(execution.queue), {execution.job_id: now + STARTED_LEASE_S}, xx=True)
-            pipe.execute()
-        except redis.ConnectionError as exc:
-            log.warning("Worker %s could not send its heartbeat: %s", self.name, exc)

@@ -1,28 +1,35 @@
-"""Waiting for a queue to become non-empty without taking anything from it.
+"""Blocking Redis commands whose replies the supervisor reads only when their socket is readable.
 
-``BLMOVE key key RIGHT RIGHT`` moves a list's last element back to where it was, so the list is unchanged,
-and it blocks until the list has an element. The command is sent on a dedicated connection and its reply
-is read only when the socket becomes readable, so the supervisor can wait on queues, work-horse pipes and
-signals in one ``select``. Requires Redis 6.2 or newer.
+Each wait is sent on a dedicated connection, so the supervisor can wait on queues, its command list,
+work-horse pipes and signals in one ``select``.
+
+- Queues: ``BLMOVE key key RIGHT RIGHT`` moves a list's last element back to where it was, so the list is
+  unchanged, and blocks until the list has an element. It needs Redis 6.2 or newer.
+- Commands: ``BLPOP`` on the worker's command list takes the next command.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 
 
-class QueueWaiter:
-    """A pending wait on one queue list."""
+class BlockingWait:
+    """One blocking command on its own connection, sent by :meth:`arm` and read by :meth:`complete`."""
 
-    def __init__(self, client: redis.Redis, queue_key: str, wait_s: float):
+    def __init__(self, client: redis.Redis, key: str, wait_s: float):
         pool = client.connection_pool
         kwargs = dict(pool.connection_kwargs)
         kwargs["socket_timeout"] = wait_s + 10
         self._pool = redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-        self._connection: redis.connection.AbstractConnection | None = None
-        self.queue_key = queue_key
+        self._connection: Any = None
+        self.key = key
         self.wait_s = wait_s
         self.armed = False
+
+    def command(self) -> tuple[Any, ...]:
+        raise NotImplementedError
 
     def arm(self) -> None:
         """Send the blocking command, unless one is already pending."""
@@ -31,18 +38,16 @@ class QueueWaiter:
         if self._connection is None:
             self._connection = self._pool.make_connection()
             self._connection.connect()
-        self._connection.send_command("BLMOVE", self.queue_key, self.queue_key, "RIGHT", "RIGHT", self.wait_s)
+        self._connection.send_command(*self.command())
         self.armed = True
 
     def fileno(self) -> int:
-        assert self._connection is not None and self._connection._sock is not None
         return self._connection._sock.fileno()
 
-    def complete(self) -> None:
-        """Read the reply of the pending command (the queue has an element, or the wait timed out)."""
-        assert self._connection is not None
+    def complete(self) -> Any:
+        """Read and return the reply of the pending command."""
         try:
-            self._connection.read_response()
+            return self._connection.read_response()
         finally:
             self.armed = False
 
@@ -52,3 +57,17 @@ class QueueWaiter:
             self._connection.disconnect()
             self._connection = None
         self.armed = False
+
+
+class QueueWaiter(BlockingWait):
+    """Waits until a queue list is non-empty, taking nothing from it."""
+
+    def command(self) -> tuple[Any, ...]:
+        return ("BLMOVE", self.key, self.key, "RIGHT", "RIGHT", self.wait_s)
+
+
+class CommandWaiter(BlockingWait):
+    """Takes the next command from a worker's command list."""
+
+    def command(self) -> tuple[Any, ...]:
+        return ("BLPOP", self.key, self.wait_s)

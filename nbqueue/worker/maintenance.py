@@ -1,0 +1,118 @@
+"""Periodic work of every worker: heartbeats, moving due scheduled jobs, and failing abandoned jobs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+
+import redis
+
+from nbqueue import keys
+from nbqueue.errors import AbandonedJobError
+from nbqueue.results import Result
+from nbqueue.scripts import Scripts
+from nbqueue.worker.failures import RETRY_FIELDS, failure_outcome
+from nbqueue.worker.outcome import Execution, record
+
+log = logging.getLogger("nbqueue.worker")
+
+#: Seconds between heartbeats: the worker key's expiry and its running jobs' leases are renewed.
+HEARTBEAT_INTERVAL_S = 10.0
+#: Seconds after its last heartbeat that a running job counts as abandoned.
+STARTED_LEASE_S = 30.0
+#: Seconds between two looks for abandoned jobs. A job is failed or retried at most
+#: STARTED_LEASE_S + MAINTENANCE_INTERVAL_S (45 s) after its worker's last heartbeat.
+MAINTENANCE_INTERVAL_S = 15.0
+#: Longest time between two moves of due scheduled jobs, in seconds; sooner when a job is due sooner.
+SCHEDULER_INTERVAL_S = 5.0
+#: Due jobs moved per queue and call.
+SCHEDULER_BATCH = 1000
+
+_ABANDONED_FIELDS = ("status", "execution", "worker", "started_at", "func", "timeout", "result_ttl", "failure_ttl")
+
+
+def send_heartbeat(
+    connection: redis.Redis, worker_name: str, running: Sequence[Execution], counters: dict[str, int]
+) -> None:
+    """Renew the worker key and the leases of its running jobs, in one round trip."""
+    now = time.time()
+    pipe = connection.pipeline(transaction=False)
+    pipe.hset(keys.worker(worker_name), mapping={
+        "last_heartbeat": repr(now),
+        "state": "busy" if running else "idle",
+        "current_jobs": json.dumps([execution.job_id for execution in running]),
+        **counters,
+    })
+    pipe.expire(keys.worker(worker_name), int(HEARTBEAT_INTERVAL_S * 3))
+    for execution in running:
+        pipe.zadd(keys.started(execution.queue), {execution.job_id: now + STARTED_LEASE_S}, xx=True)
+    pipe.execute()
+
+
+def enqueue_due_jobs(scripts: Scripts, worker_name: str, queue_names: Sequence[str]) -> tuple[int, float | None]:
+    """Move due scheduled jobs of ``queue_names`` to their queues, if this worker holds the scheduler lock.
+
+    Returns the number moved and the earliest remaining due time (None if none, or if another worker
+    holds the lock and so does the moving).
+    """
+    moved, earliest = scripts.enqueue_due(
+        keys=[keys.SCHEDULER_LOCK],
+        args=[keys.PREFIX, worker_name, int(SCHEDULER_INTERVAL_S * 3000), repr(time.time()), SCHEDULER_BATCH, *queue_names],
+    )
+    return int(moved), float(earliest) if earliest else None
+
+
+def fail_abandoned_jobs(connection: redis.Redis, scripts: Scripts, worker_name: str) -> int:
+    """Record FAILED (or a retry) for every running job, on any queue, whose lease has lapsed.
+
+    A lease lapses when the worker running the job stopped sending heartbeats: it was killed, lost its
+    host, or lost Redis for longer than the lease. Returns the number of jobs handled.
+    """
+    now = time.time()
+    queue_names = [raw.decode() for raw in connection.smembers(keys.QUEUES)]
+    pipe = connection.pipeline(transaction=False)
+    for name in queue_names:
+        pipe.zrangebyscore(keys.started(name), "-inf", now)
+    handled = 0
+    for name, expired in zip(queue_names, pipe.execute()):
+        for raw_id in expired:
+            if _fail_abandoned(connection, scripts, worker_name, name, raw_id.decode(), now):
+                handled += 1
+    return handled
+
+
+def _fail_abandoned(
+    connection: redis.Redis, scripts: Scripts, worker_name: str, queue: str, job_id: str, now: float
+) -> bool:
+    names = (*_ABANDONED_FIELDS, *RETRY_FIELDS)
+    fields = dict(zip(names, connection.hmget(keys.job(job_id), names)))
+    if fields["status"] != b"started" or fields["execution"] is None:
+        # The job ended or vanished without its registry entry being removed: drop the entry.
+        connection.zrem(keys.started(queue), job_id)
+        return False
+    owner = (fields["worker"] or b"?").decode()
+    execution = Execution(
+        job_id=job_id,
+        queue=queue,
+        execution_id=fields["execution"].decode(),
+        timeout_s=float(fields["timeout"] or -1),
+        func_name=(fields["func"] or b"").decode(),
+        started_at=float(fields["started_at"] or now),
+    )
+    exc_string = (
+        f"{AbandonedJobError.__module__}.AbandonedJobError: Worker {owner} stopped sending heartbeats while it "
+        f"ran the job; worker {worker_name} found the job abandoned"
+    )
+    outcome = failure_outcome(fields, exc_string)
+    recorded = record(
+        connection, scripts, execution, outcome, worker_name=owner,
+        result_ttl_s=int(fields["result_ttl"] or 500), failure_ttl_s=int(fields["failure_ttl"] or -1), ended_at=now,
+    )
+    if recorded:
+        if outcome.type == Result.Type.RETRIED:
+            log.warning("Job %s abandoned by worker %s: queue=%s, retried in %.1fs", job_id, owner, queue, outcome.retry_delay_s or 0)
+        else:
+            log.error("Job %s abandoned by worker %s: queue=%s, recorded as failed", job_id, owner, queue)
+    return recorded
