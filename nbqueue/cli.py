@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from nbqueue.cli_jobs import empty, info, requeue, stop
 from nbqueue.cli_server import server
 from nbqueue.cli_worker import worker
 from nbqueue.version import __version__
@@ -15,8 +16,8 @@ def cli() -> None:
     """Run notebook functions on background workers through Redis."""
 
 
-cli.add_command(server)
-cli.add_command(worker)
+for command in (empty, info, requeue, server, stop, worker):
+    cli.add_command(command)
 
 
 def main() -> None:
