@@ -1,0 +1,1 @@
+"""Notebook integration: the ``%%enqueue`` magic, running enqueued cells, and HTML views of jobs."""
