@@ -38,7 +38,7 @@ class JobStatus(str, enum.Enum):
 
 
 # Fields read by Job.fetch and refresh; the payload is left out because it can be large.
-_FIELDS = (
+FIELDS = (
     "status", "queue", "func", "description", "created_at", "enqueued_at", "started_at", "ended_at",
     "worker", "timeout", "result_ttl", "failure_ttl", "ttl", "meta", "retries_left", "execution",
 )
@@ -85,7 +85,7 @@ class Job:
         jobs = [cls(job_id, client) for job_id in job_ids]
         pipe = client.pipeline(transaction=False)
         for job in jobs:
-            pipe.hmget(keys.job(job.id), _FIELDS)
+            pipe.hmget(keys.job(job.id), FIELDS)
         loaded: list[Job | None] = []
         for job, values in zip(jobs, pipe.execute()):
             if values[0] is None:
@@ -97,13 +97,13 @@ class Job:
 
     def refresh(self) -> None:
         """Reload the job's fields from Redis."""
-        values = self.connection.hmget(keys.job(self.id), _FIELDS)
+        values = self.connection.hmget(keys.job(self.id), FIELDS)
         if values[0] is None:
             raise NoSuchJobError(f"No job with id {self.id!r}: it was never created, was deleted, or has expired")
         self._set_fields(values)
 
     def _set_fields(self, values: list[bytes | None]) -> None:
-        self._fields = {name: value for name, value in zip(_FIELDS, values) if value is not None}
+        self._fields = {name: value for name, value in zip(FIELDS, values) if value is not None}
         self._meta = None
 
     def _text(self, name: str) -> str | None:
@@ -265,6 +265,12 @@ class Job:
         deadline = time.monotonic() + timeout_s
         waiter = blocking_client(self.connection, WAIT_CHUNK_S + 10)
         results_key, job_key = keys.results(self.id), keys.job(self.id)
+        pipe = self.connection.pipeline(transaction=False)
+        pipe.xrevrange(results_key, count=1)
+        pipe.exists(job_key)
+        newest, job_exists = pipe.execute()
+        if newest or not job_exists:
+            return None if not newest or newest[0][1].get(b"type") == DISCARDED_MARKER else self._newest(newest)
         while True:
             remaining_s = deadline - time.monotonic()
             block_ms = max(1, int(min(remaining_s, WAIT_CHUNK_S) * 1000))

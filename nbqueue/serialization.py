@@ -168,7 +168,7 @@ def register_local_modules() -> None:
     module does not exist on a remote worker, so it travels inside the payload.
     """
     global _installed_top_levels
-    if len(_module_is_local) == len(sys.modules):
+    if _module_is_local.keys() >= sys.modules.keys():
         return
     if _installed_top_levels is None:
         from importlib.metadata import packages_distributions
