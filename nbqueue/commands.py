@@ -70,7 +70,7 @@ def requeue_job(connection: redis.Redis, job_id: str, queue: str, at_front: bool
 def delete_job(connection: redis.Redis, job_id: str, queue: str) -> None:
     """Delete a job, its results and its place in its queue and registries."""
     pipe = connection.pipeline(transaction=True)
-    pipe.delete(keys.job(job_id), keys.results(job_id))
+    pipe.delete(keys.job(job_id), keys.results(job_id), keys.output(job_id))
     pipe.lrem(keys.queue(queue), 0, job_id)
     for registry_key in (keys.started, keys.finished, keys.failed, keys.scheduled, keys.canceled):
         pipe.zrem(registry_key(queue), job_id)

@@ -24,6 +24,11 @@ def results(job_id: str) -> str:
     return f"{PREFIX}results:{job_id}"
 
 
+def output(job_id: str) -> str:
+    """Stream of one job's captured stdout, stderr and displayed objects, oldest first, bounded."""
+    return f"{PREFIX}output:{job_id}"
+
+
 def queue(name: str) -> str:
     """List of the ids of the jobs waiting in a queue, head first."""
     return f"{PREFIX}queue:{name}"

@@ -234,7 +234,7 @@ class Queue:
         pipe.delete(self.key)
         for raw in ids:
             job_id = raw.decode()
-            pipe.delete(keys.job(job_id), keys.results(job_id))
+            pipe.delete(keys.job(job_id), keys.results(job_id), keys.output(job_id))
         pipe.execute()
         return len(ids)
 

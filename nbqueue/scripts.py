@@ -47,14 +47,15 @@ return {started, skipped}
 """
 
 # Record the outcome of one execution, if that execution still owns the job.
-# KEYS: job hash, results stream, started registry, target registry (finished, failed, scheduled or '').
+# KEYS: job hash, results stream, started registry, target registry (finished, failed, scheduled or ''),
+#       output stream (expires with the job).
 # ARGV: job id, execution id, new status, ttl (seconds; -1 never expires; 0 keeps nothing), now,
 #       target score ('' for now + ttl), queue key for an immediate retry ('' if none),
 #       n (number of extra job fields), n field/value pairs for the job hash, then the result's
 #       field/value pairs for XADD.
 # Returns 1 when recorded, 0 when another execution or a stop already recorded this job's outcome.
 FINISH = """
-local job, results, started, target = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local job, results, started, target, output = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, execution, status, ttl, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local score, requeue, extra = ARGV[6], ARGV[7], tonumber(ARGV[8])
 local current = redis.call('HMGET', job, 'status', 'execution')
@@ -67,7 +68,7 @@ if current[1] ~= 'started' or current[2] ~= execution then
 end
 redis.call('ZREM', started, id)
 if ttl == 0 then
-  redis.call('DEL', job, results)
+  redis.call('DEL', job, results, output)
   redis.call('XADD', results, '*', 'type', '0')
   redis.call('PEXPIRE', results, 2000)
   return 1
@@ -81,9 +82,11 @@ redis.call('XADD', results, 'MAXLEN', '10', '*', unpack(fields))
 if ttl < 0 then
   redis.call('PERSIST', job)
   redis.call('PERSIST', results)
+  redis.call('PERSIST', output)
 else
   redis.call('EXPIRE', job, ttl)
   redis.call('EXPIRE', results, ttl)
+  redis.call('EXPIRE', output, ttl)
 end
 if requeue ~= '' then
   redis.call('RPUSH', requeue, id)

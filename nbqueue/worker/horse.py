@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import traceback
+import warnings
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -21,18 +22,21 @@ import redis
 from nbqueue import keys, serialization
 from nbqueue.context import _current_job
 from nbqueue.errors import DeserializationError, SerializationError
-from nbqueue.job import Job
+from nbqueue.job import FIELDS, Job
 from nbqueue.results import Result
 from nbqueue.retry import Retry
 from nbqueue.scripts import Scripts
 from nbqueue.settings import Settings
+from nbqueue.worker import display
+from nbqueue.worker.capture import CapturedStream, OutputCapture
 from nbqueue.worker.failures import RETRY_FIELDS, failure_outcome, returned_retry_outcome
 from nbqueue.worker.outcome import Execution, Outcome, record
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
-_JOB_FIELDS = ("payload", "result_ttl", "failure_ttl", *RETRY_FIELDS)
+# The payload, the retry counters and every field a Job handle shows, read with one HMGET.
+_JOB_FIELDS = ("payload", *dict.fromkeys((*FIELDS, *RETRY_FIELDS)))
 
 
 def main(
@@ -53,6 +57,8 @@ def main(
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     connection = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool_class, **pool_kwargs))
     scripts = Scripts(connection)
+    capture = OutputCapture(connection)
+    display.install()
     while True:
         try:
             execution: Execution | None = pipe.recv()
@@ -60,7 +66,7 @@ def main(
             return
         if execution is None:
             return
-        report = run(connection, scripts, execution, worker_name, settings)
+        report = run(connection, scripts, capture, execution, worker_name, settings)
         pipe.send(report)
 
 
@@ -79,7 +85,12 @@ def _die_with_parent() -> None:
 
 
 def run(
-    connection: redis.Redis, scripts: Scripts, execution: Execution, worker_name: str, settings: Settings
+    connection: redis.Redis,
+    scripts: Scripts,
+    capture: OutputCapture,
+    execution: Execution,
+    worker_name: str,
+    settings: Settings,
 ) -> dict[str, Any]:
     """Run one execution and record its outcome; return the report for the supervisor."""
     values = connection.hmget(keys.job(execution.job_id), _JOB_FIELDS)
@@ -87,7 +98,11 @@ def run(
     if fields["payload"] is None:
         return {"job_id": execution.job_id, "type": None, "recorded": False, "exc_string": "the job was deleted"}
 
-    outcome = _execute(connection, execution, fields, settings)
+    capture.begin(execution.job_id)
+    try:
+        outcome = _execute(connection, capture, execution, fields, settings)
+    finally:
+        capture.end()
     recorded = record(
         connection,
         scripts,
@@ -106,7 +121,9 @@ def run(
     }
 
 
-def _execute(connection: redis.Redis, execution: Execution, fields: dict[str, Any], settings: Settings) -> Outcome:
+def _execute(
+    connection: redis.Redis, capture: OutputCapture, execution: Execution, fields: dict[str, Any], settings: Settings
+) -> Outcome:
     try:
         func, args, kwargs = serialization.loads(
             fields["payload"], secret_key=settings.secret_key, what=f"payload of job {execution.job_id!r}"
@@ -119,12 +136,23 @@ def _execute(connection: redis.Redis, execution: Execution, fields: dict[str, An
         return Outcome(Result.Type.FAILED, exc_string=_format_exception(exc))
 
     del fields["payload"]
-    token = _current_job.set(Job(execution.job_id, connection))
+    job = Job(execution.job_id, connection)
+    job._set_fields([fields[name] for name in FIELDS])
+    token = _current_job.set(job)
+    stdout, stderr = sys.stdout, sys.stderr
+    sys.stdout = CapturedStream(capture, "stdout", stdout)
+    sys.stderr = CapturedStream(capture, "stderr", stderr)
+    display.set_capture(capture)
+    display.patch_loaded_modules()
     try:
-        value = func(*args, **kwargs)
+        # catch_warnings() also resets the "shown once" registries, so each job shows its own warnings.
+        with warnings.catch_warnings():
+            value = func(*args, **kwargs)
     except BaseException as exc:  # a job's SystemExit or KeyboardInterrupt is a failure of that job, too
         return failure_outcome(fields, _format_exception(exc))
     finally:
+        sys.stdout, sys.stderr = stdout, stderr
+        display.set_capture(None)
         _current_job.reset(token)
 
     if isinstance(value, Retry):

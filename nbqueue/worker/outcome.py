@@ -96,6 +96,7 @@ def record(
     ]
     job_keys = [
         keys.job(execution.job_id), keys.results(execution.job_id), keys.started(execution.queue), target,
+        keys.output(execution.job_id),
     ]
     deadline = time.monotonic() + RECORD_RETRY_S
     delay_s = 0.1
