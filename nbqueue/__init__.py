@@ -16,7 +16,10 @@ from nbqueue.errors import (
     NoSuchJobError,
     SerializationError,
 )
+from nbqueue.commands import send_stop_job_command
 from nbqueue.job import Job, JobStatus
+from nbqueue.progress import progress, set_progress
+from nbqueue.query import jobs
 from nbqueue.queue import Queue
 from nbqueue.registry import (
     CanceledJobRegistry,
@@ -53,7 +56,11 @@ __all__ = [
     "__version__",
     "connect",
     "get_current_job",
+    "jobs",
     "load_ipython_extension",
+    "progress",
+    "send_stop_job_command",
+    "set_progress",
 ]
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import json
 import time
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -40,7 +42,8 @@ class JobStatus(str, enum.Enum):
 # Fields read by Job.fetch and refresh; the payload is left out because it can be large.
 FIELDS = (
     "status", "queue", "func", "description", "created_at", "enqueued_at", "started_at", "ended_at",
-    "worker", "timeout", "result_ttl", "failure_ttl", "ttl", "meta", "retries_left", "execution",
+    "worker", "timeout", "result_ttl", "failure_ttl", "ttl", "meta", "retries_left", "execution", "tags",
+    "progress_done", "progress_total", "progress_message", "progress_at",
 )
 
 
@@ -165,6 +168,20 @@ class Job:
         return int(value) if value is not None else None
 
     @property
+    def tags(self) -> list[str]:
+        """Tags to find the job by; jobs enqueued from a notebook carry the notebook's tag."""
+        raw = self._fields.get("tags")
+        return json.loads(raw) if raw else []
+
+    @property
+    def progress(self) -> tuple[float, float | None, str | None] | None:
+        """The latest progress the job reported: (done, total or None, message or None), or None."""
+        done = self._number("progress_done")
+        if done is None:
+            return None
+        return done, self._number("progress_total"), self._text("progress_message")
+
+    @property
     def created_at(self) -> datetime | None:
         return self._time("created_at")
 
@@ -285,6 +302,28 @@ class Job:
                 return self._newest(newest)
             if not job_exists or time.monotonic() >= deadline:
                 return None
+
+    async def wait_async(self, timeout: float | None = None) -> Result | None:
+        """Like ``latest_result(timeout)``, without blocking the event loop; None waits without a limit.
+
+        The wait runs in a thread in chunks of about a second, so cancelling the task ends it promptly.
+        """
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+            raise InvalidOptionError(f"timeout={timeout!r} is invalid: give a number of seconds >= 0, or None")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            chunk_s = WAIT_CHUNK_S if deadline is None else max(0.0, min(WAIT_CHUNK_S, deadline - time.monotonic()))
+            result = await asyncio.to_thread(self.latest_result, chunk_s or None)
+            if result is not None:
+                return result
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+            if not await asyncio.to_thread(self.exists):
+                return None
+
+    def __await__(self) -> Generator[Any, None, Result | None]:
+        """``await job`` waits, without a limit and without blocking the event loop, for the newest result."""
+        return self.wait_async().__await__()
 
     def return_value(self, refresh: bool = False) -> Any:
         """Return the latest result's value if that result is SUCCESSFUL, else None."""

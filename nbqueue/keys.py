@@ -29,6 +29,11 @@ def output(job_id: str) -> str:
     return f"{PREFIX}output:{job_id}"
 
 
+def tag(name: str) -> str:
+    """Sorted set of the ids of jobs with a tag, scored by enqueue time."""
+    return f"{PREFIX}tag:{name}"
+
+
 def queue(name: str) -> str:
     """List of the ids of the jobs waiting in a queue, head first."""
     return f"{PREFIX}queue:{name}"

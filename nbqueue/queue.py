@@ -32,12 +32,15 @@ from nbqueue.registry import (
     StartedJobRegistry,
 )
 from nbqueue.retry import Retry
+from nbqueue.session import session_tag
 from nbqueue.settings import load_settings
 
 #: Keyword arguments of ``enqueue`` that are options, not arguments of the function.
 ENQUEUE_OPTIONS = frozenset(
-    {"job_timeout", "result_ttl", "failure_ttl", "ttl", "retry", "job_id", "description", "meta", "at_front"}
+    {"job_timeout", "result_ttl", "failure_ttl", "ttl", "retry", "job_id", "description", "meta", "at_front", "tags"}
 )
+#: How long a tag's index of job ids lives after its last job was added, in seconds (one year).
+TAG_INDEX_TTL_S = 365 * 24 * 3600
 
 
 @dataclass
@@ -73,7 +76,8 @@ class Queue:
         """Create a job that calls ``f(*args, **kwargs)`` on a worker, and put it at the end of the queue.
 
         Options (taken out of ``kwargs``): ``job_timeout``, ``result_ttl``, ``failure_ttl``, ``ttl``, ``retry``,
-        ``job_id``, ``description``, ``meta``, ``at_front``. Use :meth:`enqueue_call` for a function whose own
+        ``job_id``, ``description``, ``meta``, ``at_front``, ``tags`` (strs to find the job by with
+        :func:`nbqueue.jobs`; jobs enqueued from a notebook also get the notebook's tag). Use :meth:`enqueue_call` for a function whose own
         keyword arguments have these names.
         """
         options = {name: kwargs.pop(name) for name in list(kwargs) if name in ENQUEUE_OPTIONS}
@@ -129,8 +133,12 @@ class Queue:
         pipe = self.connection.pipeline(transaction=False)
         if not self._registered:
             pipe.sadd(keys.QUEUES, self.name)
+        now = time.time()
         for job_id, fields, ttl, at_front in prepared:
             job_key = keys.job(job_id)
+            for tag in json.loads(fields.get("tags", "[]")):
+                pipe.zadd(keys.tag(tag), {job_id: now})
+                pipe.expire(keys.tag(tag), TAG_INDEX_TTL_S)
             if scheduled_at is not None:
                 fields["status"] = JobStatus.SCHEDULED.value
             pipe.hset(job_key, mapping=fields)
@@ -198,6 +206,12 @@ class Queue:
         if retry is not None:
             fields["retries_left"] = str(retry.max)
             fields["retry_intervals"] = json.dumps(retry.intervals)
+        tags = _validate_tags(options.get("tags"))
+        session = session_tag(settings)
+        if session is not None and session not in tags:
+            tags.append(session)
+        if tags:
+            fields["tags"] = json.dumps(tags)
         if meta:
             fields["meta"] = serialization.dumps(
                 meta, max_bytes=settings.max_payload_bytes, secret_key=settings.secret_key, what="job meta"
@@ -266,6 +280,17 @@ class Queue:
 
     def __repr__(self) -> str:
         return f"Queue({self.name!r})"
+
+
+def _validate_tags(tags: object) -> list[str]:
+    if tags is None:
+        return []
+    if isinstance(tags, str) or not isinstance(tags, (list, tuple, set, frozenset)):
+        raise InvalidOptionError(f"tags={tags!r} is invalid: pass a list of strs")
+    for tag in tags:
+        if not isinstance(tag, str) or not tag:
+            raise InvalidOptionError(f"tags={tags!r} is invalid: each tag must be a non-empty str")
+    return list(dict.fromkeys(tags))
 
 
 def _qualified_name(func: Callable[..., Any]) -> str:

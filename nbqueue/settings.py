@@ -38,6 +38,9 @@ class Settings:
     secret_key: bytes | None
     """``NBQUEUE_SECRET_KEY``: key for signing payloads and results with HMAC."""
 
+    notebook_session: str | None = None
+    """``JPY_SESSION_NAME``: the notebook's path, which Jupyter Server 2 sets in its kernels' environment."""
+
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the settings from ``environ`` (default: the process environment)."""
@@ -50,6 +53,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         redis_server=env.get("NBQUEUE_REDIS_SERVER") or None,
         max_payload_bytes=_parse_positive_int(env, "NBQUEUE_MAX_PAYLOAD_BYTES", DEFAULT_MAX_PAYLOAD_BYTES),
         secret_key=secret.encode() if secret else None,
+        notebook_session=env.get("JPY_SESSION_NAME") or None,
     )
 
 
