@@ -272,7 +272,10 @@ class Job:
             return self._newest(self.connection.xrevrange(keys.results(self.id), count=1))
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise InvalidOptionError(f"timeout={timeout!r} is invalid: give a number of seconds >= 0")
-        return self._wait_for_result(float(timeout))
+        from nbqueue.waiting import wait_feedback
+
+        with wait_feedback([self], float(timeout)):
+            return self._wait_for_result(float(timeout))
 
     def _newest(self, entries: list) -> Result | None:
         results = decode_entries(self.id, entries)
@@ -378,6 +381,17 @@ class Job:
         from nbqueue.jupyter.html import job_html
 
         return job_html(self)
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        from nbqueue.jupyter.display import job_mimebundle
+
+        return job_mimebundle(self, include=include, exclude=exclude)
+
+    def widget(self) -> Any:
+        """Return a live ipywidgets view of the job (needs ipywidgets, in a Jupyter kernel)."""
+        from nbqueue.jupyter.widgets import JobWidget
+
+        return JobWidget(self)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Job) and other.id == self.id
