@@ -49,6 +49,18 @@ log = logging.getLogger("nbqueue.worker")
 QUEUE_WAIT_S = 10.0
 
 
+# Create the worker's hash unless a live worker has the name. KEYS: worker hash, worker set, command list.
+# ARGV: expiry in seconds, then field/value pairs.
+_REGISTER_WORKER = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], redis.call('HGET', KEYS[1], 'name'))
+redis.call('DEL', KEYS[3])
+return 1
+"""
+
+
 @dataclass
 class _Horse:
     process: multiprocessing.process.BaseProcess
@@ -164,22 +176,22 @@ class Worker:
             raise NbqueueError(f"Redis {version} is too old: nbqueue workers need Redis 6.2 or newer")
 
     def _register(self) -> None:
-        key = keys.worker(self.name)
-        if self.connection.exists(key):
-            raise NbqueueError(
-                f"A worker named {self.name!r} is already running on this Redis: choose another --name"
-            )
         now = repr(time.time())
-        pipe = self.connection.pipeline(transaction=False)
-        pipe.hset(key, mapping={
+        fields = {
             "name": self.name, "pid": os.getpid(), "hostname": socket.gethostname(), "version": __version__,
             "queues": json.dumps(self.queue_names), "concurrency": self.concurrency, "birth": now,
             "last_heartbeat": now, "state": "idle", "current_jobs": "[]",
-        })
-        pipe.expire(key, int(HEARTBEAT_INTERVAL_S * 3))
-        pipe.sadd(keys.WORKERS, self.name)
-        pipe.delete(keys.worker_commands(self.name))
-        pipe.execute()
+        }
+        args: list[Any] = [int(HEARTBEAT_INTERVAL_S * 3)]
+        for name, value in fields.items():
+            args += [name, value]
+        registered = self.connection.eval(
+            _REGISTER_WORKER, 3, keys.worker(self.name), keys.WORKERS, keys.worker_commands(self.name), *args
+        )
+        if not registered:
+            raise NbqueueError(
+                f"A worker named {self.name!r} is already running on this Redis: choose another --name"
+            )
         self._next_heartbeat = time.monotonic() + HEARTBEAT_INTERVAL_S
 
     def _unregister(self) -> None:
@@ -205,11 +217,10 @@ class Worker:
                 if self._stop_signal is None:
                     started = self._dequeue()
                     ran_any = ran_any or started > 0
-                    if started == 0 and self._idle():
-                        if burst and not self._busy():
-                            return ran_any
-                        if not burst:
-                            self._arm(self._waiters)
+                    if burst and started == 0 and self._idle() and not self._busy():
+                        return ran_any
+                    if not burst and self._idle():
+                        self._arm(self._waiters)
                 self._arm([self._command_waiter])
             except redis.ConnectionError as exc:
                 log.warning("Worker %s cannot reach Redis, retrying in 1s: %s", self.name, exc)
