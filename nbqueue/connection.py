@@ -8,6 +8,8 @@ import threading
 import weakref
 
 import redis
+import redis.retry
+from redis.backoff import NoBackoff
 
 from nbqueue.errors import ConnectionResolutionError
 from nbqueue.settings import Settings, load_settings
@@ -80,6 +82,8 @@ def blocking_client(client: redis.Redis, socket_timeout_s: float) -> redis.Redis
         pool = client.connection_pool
         kwargs = dict(pool.connection_kwargs)
         kwargs["socket_timeout"] = socket_timeout_s
+        # No retries inside redis-py: the waiting loop retries on its own, within its deadline.
+        kwargs["retry"] = redis.retry.Retry(NoBackoff(), 0)
         waiter = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs))
         _wait_clients[client] = waiter
     return waiter

@@ -20,6 +20,8 @@ from nbqueue.settings import load_settings
 
 #: Longest single blocking read while waiting for a result, so that Ctrl-C is seen within about a second.
 WAIT_CHUNK_S = 1.0
+#: Extra seconds a blocking read may take beyond its block time before it counts as a lost connection.
+WAIT_GRACE_S = 1.0
 #: Longest job id accepted, in characters.
 MAX_JOB_ID_LENGTH = 65536
 
@@ -282,23 +284,36 @@ class Job:
         return results[0] if results else None
 
     def _wait_for_result(self, timeout_s: float) -> Result | None:
+        """Block until a result exists, the job is gone, or ``timeout_s`` passes.
+
+        Lost connections (a Redis restart, a killed client connection, a paused server) are retried with
+        back-off until the deadline; the last error is raised if Redis is still unreachable then. One read
+        blocks for at most ``WAIT_CHUNK_S`` plus ``WAIT_GRACE_S``, which bounds how late the call returns.
+        """
         deadline = time.monotonic() + timeout_s
-        waiter = blocking_client(self.connection, WAIT_CHUNK_S + 10)
+        waiter = blocking_client(self.connection, WAIT_CHUNK_S + WAIT_GRACE_S)
         results_key, job_key = keys.results(self.id), keys.job(self.id)
-        pipe = self.connection.pipeline(transaction=False)
-        pipe.xrevrange(results_key, count=1)
-        pipe.exists(job_key)
-        newest, job_exists = pipe.execute()
-        if newest or not job_exists:
-            return None if not newest or newest[0][1].get(b"type") == DISCARDED_MARKER else self._newest(newest)
+        first = True
+        delay_s = 0.05
         while True:
             remaining_s = deadline - time.monotonic()
             block_ms = max(1, int(min(remaining_s, WAIT_CHUNK_S) * 1000))
             pipe = waiter.pipeline(transaction=False)
             pipe.xrevrange(results_key, count=1)
             pipe.exists(job_key)
-            pipe.xread({results_key: "0-0"}, count=1, block=block_ms)
-            newest, job_exists, _ = pipe.execute()
+            if not first:
+                # The first round only looks, so a result or a missing job returns without blocking.
+                pipe.xread({results_key: "0-0"}, count=1, block=block_ms)
+            try:
+                newest, job_exists, *_ = pipe.execute()
+            except (redis.ConnectionError, redis.TimeoutError):
+                if time.monotonic() + delay_s >= deadline:
+                    raise
+                time.sleep(delay_s)
+                delay_s = min(delay_s * 2, 1.0)
+                continue
+            delay_s = 0.05
+            first = False
             if newest:
                 if newest[0][1].get(b"type") == DISCARDED_MARKER:
                     return None

@@ -81,8 +81,8 @@ def read_envelope(data: bytes, *, secret_key: bytes | None, what: str = "payload
         header = json.loads(bytes(view[start : start + header_length]))
         if not isinstance(header, dict):
             raise ValueError("header is not an object")
-    except ValueError as exc:
-        raise DeserializationError(f"The {what} has a corrupt header: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        raise DeserializationError(f"The {what} has a corrupt header: {type(exc).__name__}: {exc}") from exc
     body = view[start + header_length :]
     _check_versions(header, what)
     _check_signature(header, body, secret_key, what)
