@@ -23,14 +23,17 @@ def send_stop_job_command(connection: redis.Redis | str | None, job_id: str) -> 
     not running.
     """
     client = connect(connection)
-    status, worker = client.hmget(keys.job(job_id), ("status", "worker"))
+    status = scripts_for(client).get_status(keys=[keys.job(job_id)], args=[keys.PREFIX, job_id])
     if status is None:
         raise NoSuchJobError(f"No job with id {job_id!r}: it was never created, was deleted, or has expired")
-    if status != b"started" or not worker:
+    if status != b"started":
         raise InvalidJobOperation(
             f"Job {job_id!r} is not running (status {status.decode()}): only a started job can be stopped; "
             f"use job.cancel() for a queued or scheduled job"
         )
+    worker = client.hget(keys.HOLDERS, job_id)
+    if worker is None:
+        raise InvalidJobOperation(f"Job {job_id!r} just ended: there is nothing left to stop")
     command = json.dumps({"command": "stop-job", "job_id": job_id})
     pipe = client.pipeline(transaction=False)
     pipe.rpush(keys.worker_commands(worker.decode()), command)
@@ -41,7 +44,7 @@ def send_stop_job_command(connection: redis.Redis | str | None, job_id: str) -> 
 def cancel_job(connection: redis.Redis, job_id: str, queue: str) -> None:
     """Remove a queued or scheduled job from its queue into the canceled registry."""
     before = scripts_for(connection).cancel(
-        keys=[keys.job(job_id), keys.queue(queue), keys.scheduled(queue), keys.canceled(queue)],
+        keys=[keys.job(job_id), keys.queue(queue), keys.scheduled(queue), keys.canceled(queue), keys.started(queue)],
         args=[job_id, repr(time.time())],
     )
     if before is None:

@@ -16,6 +16,7 @@ from nbqueue import keys, serialization
 from nbqueue.connection import blocking_client, connect
 from nbqueue.errors import InvalidOptionError, NoSuchJobError
 from nbqueue.results import DISCARDED_MARKER, MAX_RESULTS, Result, decode_entries
+from nbqueue.scripts import scripts_for
 from nbqueue.settings import load_settings
 
 #: Longest single blocking read while waiting for a result, so that Ctrl-C is seen within about a second.
@@ -41,10 +42,11 @@ class JobStatus(str, enum.Enum):
         return self.value
 
 
-# Fields read by Job.fetch and refresh; the payload is left out because it can be large.
+# Fields read by Job.fetch and refresh, status, queue and worker first (the FETCH script relies on it);
+# the payload is left out because it can be large.
 FIELDS = (
-    "status", "queue", "func", "description", "created_at", "enqueued_at", "started_at", "ended_at",
-    "worker", "timeout", "result_ttl", "failure_ttl", "ttl", "meta", "retries_left", "execution", "tags",
+    "status", "queue", "worker", "func", "description", "created_at", "enqueued_at", "started_at", "ended_at",
+    "timeout", "result_ttl", "failure_ttl", "ttl", "meta", "retries_left", "execution", "tags",
     "progress_done", "progress_total", "progress_message", "progress_at",
 )
 
@@ -88,9 +90,10 @@ class Job:
         """Load several jobs in one round trip; missing jobs are None, in the same order."""
         client = connect(connection)
         jobs = [cls(job_id, client) for job_id in job_ids]
+        fetch = scripts_for(client).fetch
         pipe = client.pipeline(transaction=False)
         for job in jobs:
-            pipe.hmget(keys.job(job.id), FIELDS)
+            fetch(keys=[keys.job(job.id)], args=[keys.PREFIX, job.id, *FIELDS], client=pipe)
         loaded: list[Job | None] = []
         for job, values in zip(jobs, pipe.execute()):
             if values[0] is None:
@@ -102,7 +105,7 @@ class Job:
 
     def refresh(self) -> None:
         """Reload the job's fields from Redis."""
-        values = self.connection.hmget(keys.job(self.id), FIELDS)
+        values = scripts_for(self.connection).fetch(keys=[keys.job(self.id)], args=[keys.PREFIX, self.id, *FIELDS])
         if values[0] is None:
             raise NoSuchJobError(f"No job with id {self.id!r}: it was never created, was deleted, or has expired")
         self._set_fields(values)
@@ -232,7 +235,7 @@ class Job:
     def get_status(self, refresh: bool = True) -> JobStatus:
         """Return the job's status, read from Redis unless ``refresh`` is False."""
         if refresh:
-            raw = self.connection.hget(keys.job(self.id), "status")
+            raw = scripts_for(self.connection).get_status(keys=[keys.job(self.id)], args=[keys.PREFIX, self.id])
             if raw is None:
                 raise NoSuchJobError(f"No job with id {self.id!r}: it was never created, was deleted, or has expired")
             self._fields["status"] = raw
@@ -274,7 +277,7 @@ class Job:
             return self._newest(self.connection.xrevrange(keys.results(self.id), count=1))
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
             raise InvalidOptionError(f"timeout={timeout!r} is invalid: give a number of seconds >= 0")
-        from nbqueue.waiting import wait_feedback
+        from nbqueue.feedback import wait_feedback
 
         with wait_feedback([self], float(timeout)):
             return self._wait_for_result(float(timeout))

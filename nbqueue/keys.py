@@ -12,6 +12,8 @@ PREFIX = "nbqueue:"
 QUEUES = PREFIX + "queues"
 #: Set of the names of live workers.
 WORKERS = PREFIX + "workers"
+#: Hash from the id of each job a worker has taken (and not yet recorded) to that worker's name.
+HOLDERS = PREFIX + "holders"
 
 
 def job(job_id: str) -> str:

@@ -375,7 +375,7 @@ def test_abandoned_jobs_failed_or_retried(start_worker, connection, tmp_path):
     assert plain_result.type == Result.Type.FAILED
     assert "AbandonedJobError" in plain_result.exc_string
     assert plain_result.exc_string == (
-        "nbqueue.errors.AbandonedJobError: Worker doomed stopped sending heartbeats while it ran the job; "
+        "nbqueue.errors.AbandonedJobError: Worker doomed stopped sending heartbeats while it held the job; "
         "worker rescuer found the job abandoned"
     )
     assert plain_s < 60

@@ -5,7 +5,6 @@ The job functions live in ``tests/jobs.py`` so that the worker processes can run
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess

@@ -53,6 +53,7 @@ class OutputCapture:
     def __init__(self, connection: redis.Redis):
         self._connection = connection
         self._key: str | None = None
+        self._wrote = False
         self._lock = threading.Lock()
         self._pending: list[tuple[str, dict[str, str]]] = []
         self._wakeup = threading.Event()
@@ -61,16 +62,22 @@ class OutputCapture:
 
     def begin(self, job_id: str) -> None:
         self._key = keys.output(job_id)
+        self._wrote = False
 
-    def end(self) -> None:
-        """Write what the job left in the buffer; later writes are dropped until the next :meth:`begin`."""
+    def end(self) -> bool:
+        """Write what the job left in the buffer and return whether the job wrote any output.
+
+        Later writes are dropped until the next :meth:`begin`.
+        """
         self.flush()
         self._key = None
+        return self._wrote
 
     def write_stream(self, name: str, text: str) -> None:
         key = self._key
         if not text or key is None:
             return
+        self._wrote = True
         with self._lock:
             last_key, last = self._pending[-1] if self._pending else (None, None)
             if (
@@ -86,6 +93,7 @@ class OutputCapture:
         if key is None:
             return
         entry = {"kind": "display", "data": json.dumps(data), "metadata": json.dumps(metadata or {})}
+        self._wrote = True
         with self._lock:
             self._pending.append((key, entry))
         self._wakeup.set()

@@ -1,19 +1,25 @@
-"""The work horse: a persistent child process of the worker that runs one job at a time.
+"""The work horse: a persistent child process of the worker that runs its jobs one at a time.
 
-It reads the job's payload, runs the call, records the outcome itself (so a large return value never passes
-through the supervising process) and then reports to the supervisor over a pipe.
+The supervisor sends jobs ahead of time, so the horse always has the next one at hand. Messages from the
+supervisor: ``("run", Execution)``, ``("skip", job_id)`` (a job stopped before it ran), ``("drain",)``
+(warm shutdown: run nothing more) and ``None`` (exit). Messages to it: ``("done", Report)`` after each
+run and ``("skipped", job_id)`` for each job not run. The horse reports outcomes and the supervisor
+records them in batches; a return value too large to pass through the pipe is recorded by the horse.
 """
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import importlib
 import logging
 import os
 import signal
 import sys
+import time
 import traceback
 import warnings
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -29,14 +35,27 @@ from nbqueue.scripts import Scripts
 from nbqueue.settings import Settings
 from nbqueue.worker import display
 from nbqueue.worker.capture import CapturedStream, OutputCapture
-from nbqueue.worker.failures import RETRY_FIELDS, failure_outcome, returned_retry_outcome
-from nbqueue.worker.outcome import Execution, Outcome, record
+from nbqueue.worker.failures import failure_outcome, returned_retry_outcome
+from nbqueue.worker.outcome import Execution, Outcome, Record, record_outcomes
 
 log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG = 1
-# The payload, the retry counters and every field a Job handle shows, read with one HMGET.
-_JOB_FIELDS = ("payload", *dict.fromkeys((*FIELDS, *RETRY_FIELDS)))
+#: Largest payload or return value passed through the pipe; larger ones go straight to and from Redis.
+INLINE_LIMIT_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Report:
+    """What the horse tells the supervisor about one run."""
+
+    job_id: str
+    outcome: Outcome | None  # None: the job was deleted before it ran
+    started_at: float
+    ended_at: float
+    wrote_output: bool
+    #: True when the horse recorded the outcome itself (a large return value).
+    recorded: bool
 
 
 def main(
@@ -56,18 +75,40 @@ def main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     connection = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool_class, **pool_kwargs))
-    scripts = Scripts(connection)
-    capture = OutputCapture(connection)
+    runner = _Runner(connection, Scripts(connection), OutputCapture(connection), worker_name, settings)
     display.install()
+
+    waiting: collections.deque[Execution] = collections.deque()
+    skipped: set[str] = set()
+    draining = False
     while True:
         try:
-            execution: Execution | None = pipe.recv()
+            if not waiting:
+                message = pipe.recv()
+            elif pipe.poll():
+                message = pipe.recv()
+            else:
+                message = ()
         except (EOFError, OSError):
             return
-        if execution is None:
+        if message is None:
             return
-        report = run(connection, scripts, capture, execution, worker_name, settings)
-        pipe.send(report)
+        if message:
+            kind = message[0]
+            if kind == "run":
+                waiting.append(message[1])
+            elif kind == "skip":
+                skipped.add(message[1])
+            elif kind == "drain":
+                draining = True
+            continue
+
+        execution = waiting.popleft()
+        if draining or execution.job_id in skipped:
+            skipped.discard(execution.job_id)
+            pipe.send(("skipped", execution.job_id))
+            continue
+        pipe.send(("done", runner.run(execution)))
 
 
 def _die_with_parent() -> None:
@@ -84,92 +125,89 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def run(
-    connection: redis.Redis,
-    scripts: Scripts,
-    capture: OutputCapture,
-    execution: Execution,
-    worker_name: str,
-    settings: Settings,
-) -> dict[str, Any]:
-    """Run one execution and record its outcome; return the report for the supervisor."""
-    values = connection.hmget(keys.job(execution.job_id), _JOB_FIELDS)
-    fields = dict(zip(_JOB_FIELDS, values))
-    if fields["payload"] is None:
-        return {"job_id": execution.job_id, "type": None, "recorded": False, "exc_string": "the job was deleted"}
+class _Runner:
+    """Runs one execution at a time with its output captured."""
 
-    capture.begin(execution.job_id)
-    try:
-        outcome = _execute(connection, capture, execution, fields, settings)
-    finally:
-        capture.end()
-    recorded = record(
-        connection,
-        scripts,
-        execution,
-        outcome,
-        worker_name=worker_name,
-        result_ttl_s=int(fields["result_ttl"] or 500),
-        failure_ttl_s=int(fields["failure_ttl"] or -1),
-    )
-    return {
-        "job_id": execution.job_id,
-        "type": outcome.type.value,
-        "recorded": recorded,
-        "exc_string": outcome.exc_string,
-        "retry_delay_s": outcome.retry_delay_s,
-    }
+    def __init__(
+        self, connection: redis.Redis, scripts: Scripts, capture: OutputCapture, worker_name: str, settings: Settings
+    ):
+        self.connection = connection
+        self.scripts = scripts
+        self.capture = capture
+        self.worker_name = worker_name
+        self.settings = settings
 
+    def run(self, execution: Execution) -> Report:
+        started_at = time.time()
+        payload = execution.payload
+        if payload is None:
+            payload = self.connection.hget(keys.job(execution.job_id), "payload")
+            if payload is None:
+                return Report(execution.job_id, None, started_at, time.time(), False, False)
 
-def _execute(
-    connection: redis.Redis, capture: OutputCapture, execution: Execution, fields: dict[str, Any], settings: Settings
-) -> Outcome:
-    try:
-        func, args, kwargs = serialization.loads(
-            fields["payload"], secret_key=settings.secret_key, what=f"payload of job {execution.job_id!r}"
-        )
-        if isinstance(func, str):
-            func = _import_function(func)
-    except DeserializationError as exc:
-        return Outcome(Result.Type.FAILED, exc_string=f"{DeserializationError.__module__}.DeserializationError: {exc}")
-    except Exception as exc:
-        return Outcome(Result.Type.FAILED, exc_string=_format_exception(exc))
+        self.capture.begin(execution.job_id)
+        try:
+            outcome = self._execute(execution, payload)
+        finally:
+            wrote_output = self.capture.end()
+        ended_at = time.time()
 
-    del fields["payload"]
-    job = Job(execution.job_id, connection)
-    job._set_fields([fields[name] for name in FIELDS])
-    token = _current_job.set(job)
-    stdout, stderr = sys.stdout, sys.stderr
-    sys.stdout = CapturedStream(capture, "stdout", stdout)
-    sys.stderr = CapturedStream(capture, "stderr", stderr)
-    display.set_capture(capture)
-    display.patch_loaded_modules()
-    try:
-        # catch_warnings() also resets the "shown once" registries, so each job shows its own warnings.
-        with warnings.catch_warnings():
-            value = func(*args, **kwargs)
-    except BaseException as exc:  # a job's SystemExit or KeyboardInterrupt is a failure of that job, too
-        return failure_outcome(fields, _format_exception(exc))
-    finally:
-        sys.stdout, sys.stderr = stdout, stderr
-        display.set_capture(None)
-        _current_job.reset(token)
+        if outcome.value_payload is not None and len(outcome.value_payload) > INLINE_LIMIT_BYTES:
+            record = Record(execution, outcome, self.worker_name, started_at, ended_at, wrote_output)
+            record_outcomes(self.connection, self.scripts, [record])
+            # The supervisor needs the outcome's type for its log, not the value.
+            outcome = Outcome(Result.Type.SUCCESSFUL)
+            return Report(execution.job_id, outcome, started_at, ended_at, wrote_output, True)
+        return Report(execution.job_id, outcome, started_at, ended_at, wrote_output, False)
 
-    if isinstance(value, Retry):
-        return returned_retry_outcome(fields, value)
-    if value is None:
-        return Outcome(Result.Type.SUCCESSFUL)
-    try:
-        payload = serialization.dumps(
-            value, max_bytes=settings.max_payload_bytes, secret_key=settings.secret_key, what="return value"
-        )
-    except SerializationError as exc:
-        return Outcome(
-            Result.Type.FAILED,
-            exc_string=f"nbqueue.errors.SerializationError: The job returned a {type(value).__qualname__} "
-            f"that cannot be stored: {exc}",
-        )
-    return Outcome(Result.Type.SUCCESSFUL, value_payload=payload)
+    def _execute(self, execution: Execution, payload: bytes) -> Outcome:
+        settings = self.settings
+        try:
+            func, args, kwargs = serialization.loads(
+                payload, secret_key=settings.secret_key, what=f"payload of job {execution.job_id!r}"
+            )
+            if isinstance(func, str):
+                func = _import_function(func)
+        except DeserializationError as exc:
+            return Outcome(Result.Type.FAILED, exc_string=f"{DeserializationError.__module__}.DeserializationError: {exc}")
+        except Exception as exc:
+            return Outcome(Result.Type.FAILED, exc_string=_format_exception(exc))
+        del payload
+
+        job = Job(execution.job_id, self.connection)
+        job._set_fields([execution.fields.get(name) for name in FIELDS])
+        token = _current_job.set(job)
+        stdout, stderr = sys.stdout, sys.stderr
+        sys.stdout = CapturedStream(self.capture, "stdout", stdout)
+        sys.stderr = CapturedStream(self.capture, "stderr", stderr)
+        display.set_capture(self.capture)
+        display.patch_loaded_modules()
+        try:
+            # catch_warnings() also resets the "shown once" registries, so each job shows its own warnings.
+            with warnings.catch_warnings():
+                value = func(*args, **kwargs)
+        except BaseException as exc:  # a job's SystemExit or KeyboardInterrupt is a failure of that job, too
+            return failure_outcome(execution.fields, _format_exception(exc))
+        finally:
+            sys.stdout, sys.stderr = stdout, stderr
+            display.set_capture(None)
+            _current_job.reset(token)
+
+        if isinstance(value, Retry):
+            return returned_retry_outcome(execution.fields, value)
+        if value is None:
+            return Outcome(Result.Type.SUCCESSFUL)
+        try:
+            value_payload = serialization.dumps(
+                value, max_bytes=settings.max_payload_bytes, secret_key=settings.secret_key, what="return value"
+            )
+        except SerializationError as exc:
+            return Outcome(
+                Result.Type.FAILED,
+                exc_string=f"nbqueue.errors.SerializationError: The job returned a {type(value).__qualname__} "
+                f"that cannot be stored: {exc}",
+            )
+        return Outcome(Result.Type.SUCCESSFUL, value_payload=value_payload)
 
 
 def _import_function(path: str) -> Any:
@@ -181,6 +219,6 @@ def _import_function(path: str) -> Any:
 def _format_exception(exc: BaseException) -> str:
     """Format a traceback without the horse's own frame, so that it starts in the job's code."""
     tb = exc.__traceback__
-    if tb is not None and tb.tb_frame.f_code is _execute.__code__:
+    if tb is not None and tb.tb_frame.f_code is _Runner._execute.__code__:
         tb = tb.tb_next
     return "".join(traceback.format_exception(type(exc), exc, tb))

@@ -14,7 +14,7 @@ from nbqueue.errors import AbandonedJobError
 from nbqueue.results import Result
 from nbqueue.scripts import Scripts
 from nbqueue.worker.failures import RETRY_FIELDS, failure_outcome
-from nbqueue.worker.outcome import Execution, record
+from nbqueue.worker.outcome import Execution, Record, record_outcomes
 
 log = logging.getLogger("nbqueue.worker")
 
@@ -30,13 +30,17 @@ SCHEDULER_INTERVAL_S = 5.0
 #: Due jobs moved per queue and call.
 SCHEDULER_BATCH = 1000
 
-_ABANDONED_FIELDS = ("status", "execution", "worker", "started_at", "func", "timeout", "result_ttl", "failure_ttl")
+_ABANDONED_FIELDS = ("status", "worker", "started_at", "func", "timeout", "result_ttl", "failure_ttl")
 
 
 def send_heartbeat(
-    connection: redis.Redis, worker_name: str, running: Sequence[Execution], counters: dict[str, int]
+    connection: redis.Redis,
+    worker_name: str,
+    running: Sequence[Execution],
+    held: Sequence[Execution],
+    counters: dict[str, int],
 ) -> None:
-    """Renew the worker key and the leases of its running jobs, in one round trip."""
+    """Renew the worker key and the leases of the jobs it holds (running or waiting in a work horse)."""
     now = time.time()
     pipe = connection.pipeline(transaction=False)
     pipe.hset(keys.worker(worker_name), mapping={
@@ -46,8 +50,11 @@ def send_heartbeat(
         **counters,
     })
     pipe.expire(keys.worker(worker_name), int(HEARTBEAT_INTERVAL_S * 3))
-    for execution in running:
-        pipe.zadd(keys.started(execution.queue), {execution.job_id: now + STARTED_LEASE_S}, xx=True)
+    leases: dict[str, dict[str, float]] = {}
+    for execution in held:
+        leases.setdefault(execution.queue, {})[execution.job_id] = now + STARTED_LEASE_S
+    for queue, members in leases.items():
+        pipe.zadd(keys.started(queue), members, xx=True)
     pipe.execute()
 
 
@@ -87,29 +94,31 @@ def _fail_abandoned(
     connection: redis.Redis, scripts: Scripts, worker_name: str, queue: str, job_id: str, now: float
 ) -> bool:
     names = (*_ABANDONED_FIELDS, *RETRY_FIELDS)
-    fields = dict(zip(names, connection.hmget(keys.job(job_id), names)))
-    if fields["status"] != b"started" or fields["execution"] is None:
-        # The job ended or vanished without its registry entry being removed: drop the entry.
+    pipe = connection.pipeline(transaction=False)
+    pipe.hmget(keys.job(job_id), names)
+    pipe.hget(keys.HOLDERS, job_id)
+    values, holder = pipe.execute()
+    fields = dict(zip(names, values))
+    if fields["status"] is None:
+        # The job expired or was deleted without its registry entry being removed: drop the entry.
         connection.zrem(keys.started(queue), job_id)
+        connection.hdel(keys.HOLDERS, job_id)
         return False
-    owner = (fields["worker"] or b"?").decode()
+    owner = (holder or fields["worker"] or b"unknown").decode()
     execution = Execution(
         job_id=job_id,
         queue=queue,
-        execution_id=fields["execution"].decode(),
         timeout_s=float(fields["timeout"] or -1),
         func_name=(fields["func"] or b"").decode(),
-        started_at=float(fields["started_at"] or now),
+        fields=fields,
     )
     exc_string = (
         f"{AbandonedJobError.__module__}.AbandonedJobError: Worker {owner} stopped sending heartbeats while it "
-        f"ran the job; worker {worker_name} found the job abandoned"
+        f"held the job; worker {worker_name} found the job abandoned"
     )
     outcome = failure_outcome(fields, exc_string)
-    recorded = record(
-        connection, scripts, execution, outcome, worker_name=owner,
-        result_ttl_s=int(fields["result_ttl"] or 500), failure_ttl_s=int(fields["failure_ttl"] or -1), ended_at=now,
-    )
+    started_at = float(fields["started_at"]) if fields["started_at"] else now
+    (recorded,) = record_outcomes(connection, scripts, [Record(execution, outcome, owner, started_at, now, True)])
     if recorded:
         if outcome.type == Result.Type.RETRIED:
             log.warning("Job %s abandoned by worker %s: queue=%s, retried in %.1fs", job_id, owner, queue, outcome.retry_delay_s or 0)

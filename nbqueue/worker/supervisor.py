@@ -1,21 +1,24 @@
 """The worker's supervising process: takes jobs from queues, hands them to work horses, enforces timeouts.
 
-One loop waits in a single ``select`` on the work horses' pipes, on pending queue waits and on signals. Jobs
-move from a queue into its started registry in one Lua script; the horse records each outcome itself; the
-supervisor records outcomes only for runs it ends: timeouts, crashed horses and cold shutdown.
+One loop waits in a single ``select`` on the work horses' pipes, on pending queue waits, on the worker's
+command list and on signals. Redis round trips are batched:
+
+- one Lua script moves a batch of jobs from the queues into their started registries and returns their
+  fields and payloads, which go to the horses ahead of time (up to ``MAX_PREFETCH`` while jobs are quick);
+- the horses report outcomes over their pipes, and one script records the outcomes that arrived together;
+- a job's status becomes 'started' in its hash only when it has run for ``MARK_STARTED_AFTER_S``, so a
+  job of a few milliseconds costs no write when it starts (its started registry entry says it is taken).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import selectors
 import signal
 import socket
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,9 +31,11 @@ from nbqueue.results import Result
 from nbqueue.scripts import Scripts
 from nbqueue.settings import load_settings
 from nbqueue.version import __version__
-from nbqueue.worker import horse
+from nbqueue.job import FIELDS
 from nbqueue.worker.failures import RETRY_FIELDS, failure_outcome
-from nbqueue.worker.outcome import Execution, Outcome, record
+from nbqueue.worker.horse import INLINE_LIMIT_BYTES, Report
+from nbqueue.worker.horses import HorseHandle
+from nbqueue.worker.outcome import Execution, Outcome, Record, record_outcomes
 from nbqueue.worker.maintenance import (
     HEARTBEAT_INTERVAL_S,
     MAINTENANCE_INTERVAL_S,
@@ -47,6 +52,16 @@ log = logging.getLogger("nbqueue.worker")
 #: Longest blocking wait on an empty queue or the command list, in seconds. An idle worker sends one
 #: command per wait and queue, plus its heartbeats and scheduler and maintenance calls.
 QUEUE_WAIT_S = 10.0
+#: Seconds a job runs before its hash says 'started' (with its worker and start time).
+MARK_STARTED_AFTER_S = 0.05
+#: Outcomes are recorded together once this many have arrived, this many seconds after the first, or as
+#: soon as a work horse has nothing left to run.
+RECORD_BATCH = 64
+RECORD_DELAY_S = 0.005
+#: Seconds between two updates of the worker's state and current jobs in its hash, besides heartbeats.
+STATE_UPDATE_INTERVAL_S = 1.0
+#: Fields read for each job when it is taken: all a Job handle shows, and the retry counters.
+TAKEN_FIELDS = tuple(dict.fromkeys(name for name in (*FIELDS, *RETRY_FIELDS) if name not in ("status", "ttl")))
 
 
 # Create the worker's hash unless a live worker has the name. KEYS: worker hash, worker set, command list.
@@ -59,13 +74,6 @@ redis.call('SADD', KEYS[2], redis.call('HGET', KEYS[1], 'name'))
 redis.call('DEL', KEYS[3])
 return 1
 """
-
-
-@dataclass
-class _Horse:
-    process: multiprocessing.process.BaseProcess
-    pipe: Any
-    execution: Execution | None = None
 
 
 @dataclass
@@ -102,7 +110,7 @@ class Worker:
         self.settings = load_settings()
         self.scripts = Scripts(self.connection)
         self.counters = _Counters()
-        self._horses: list[_Horse] = []
+        self._horses: list[HorseHandle] = []
         self._selector = selectors.DefaultSelector()
         self._waiters: list[BlockingWait] = [
             QueueWaiter(self.connection, keys.queue(q), QUEUE_WAIT_S) for q in self.queue_names
@@ -110,8 +118,14 @@ class Worker:
         self._command_waiter = CommandWaiter(self.connection, keys.worker_commands(self.name), QUEUE_WAIT_S)
         self._stop_signal: str | None = None
         self._cold = False
-        self._execution_base = uuid.uuid4().hex[:12]
-        self._execution_count = 0
+        self._draining = False
+        self._records: list[Record] = []
+        self._first_record_at = 0.0
+        self._returns: list[Execution] = []
+        self._stopped_early: set[str] = set()
+        self._marked: set[str] = set()
+        self._published_state: tuple[str, tuple[str, ...]] | None = None
+        self._next_state_update = 0.0
         self._next_heartbeat = 0.0
         self._next_scheduler_run = 0.0
         self._next_maintenance = 0.0
@@ -129,7 +143,7 @@ class Worker:
         previous_wakeup = signal.set_wakeup_fd(wakeup_write.fileno())
         previous_handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         for _ in range(self.concurrency):
-            self._start_horse()
+            self._add_horse()
         log.info(
             "Worker %s started: nbqueue %s, pid %d, queues %s, concurrency %d, redis %s%s",
             self.name, __version__, os.getpid(), ", ".join(self.queue_names), self.concurrency,
@@ -210,16 +224,23 @@ class Worker:
         while True:
             if self._cold:
                 return ran_any
-            if self._stop_signal is not None and not self._busy():
+            if self._stop_signal is not None and not self._draining:
+                # Sent from the loop, not the signal handler, so it never interleaves with another message.
+                self._draining = True
+                for horse_ in self._horses:
+                    horse_.send_control(("drain",))
+            if self._stop_signal is not None and not self._holding():
+                self._flush()
                 return ran_any
             try:
                 self._run_periodic_tasks()
                 if self._stop_signal is None:
-                    started = self._dequeue()
-                    ran_any = ran_any or started > 0
-                    if burst and started == 0 and self._idle() and not self._busy():
+                    taken = self._dequeue()
+                    ran_any = ran_any or taken > 0
+                    if burst and taken == 0 and not self._holding():
+                        self._flush()
                         return ran_any
-                    if not burst and self._idle():
+                    if not burst and self._has_idle_horse():
                         self._arm(self._waiters)
                 self._arm([self._command_waiter])
             except redis.ConnectionError as exc:
@@ -229,19 +250,31 @@ class Worker:
                 continue
             self._wait_events(self._select_timeout(burst), wakeup_read)
             self._enforce_deadlines()
+            try:
+                self._flush_if_due()
+                self._mark_started()
+                self._publish_state()
+            except redis.ConnectionError as exc:
+                log.warning("Worker %s cannot reach Redis, retrying in 1s: %s", self.name, exc)
+                self._wait_events(1.0, wakeup_read)
 
-    def _busy(self) -> bool:
-        return any(h.execution is not None for h in self._horses)
+    def _holding(self) -> bool:
+        return any(horse_.pending for horse_ in self._horses)
 
-    def _idle(self) -> bool:
-        return any(h.execution is None for h in self._horses)
+    def _has_idle_horse(self) -> bool:
+        return any(not horse_.pending for horse_ in self._horses)
+
+    def _running(self) -> list[Execution]:
+        return [horse_.running for horse_ in self._horses if horse_.running is not None]
+
+    def _held(self) -> list[Execution]:
+        return [execution for horse_ in self._horses for execution in horse_.pending]
 
     def _run_periodic_tasks(self) -> None:
         now = time.monotonic()
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + HEARTBEAT_INTERVAL_S
-            running = [h.execution for h in self._horses if h.execution is not None]
-            send_heartbeat(self.connection, self.name, running, self._counter_fields())
+            send_heartbeat(self.connection, self.name, self._running(), self._held(), self._counter_fields())
         if now >= self._next_scheduler_run:
             moved, earliest = enqueue_due_jobs(self.scripts, self.name, self.queue_names)
             if moved:
@@ -258,14 +291,36 @@ class Worker:
             "retried": self.counters.retried, "stopped": self.counters.stopped,
         }
 
+    def _publish_state(self) -> None:
+        """Write the worker's state and running jobs when they change, at most once a second."""
+        running = tuple(execution.job_id for execution in self._running())
+        state = ("busy" if running else "idle", running)
+        if state == self._published_state:
+            return
+        now = time.monotonic()
+        flipped = self._published_state is None or self._published_state[0] != state[0]
+        if not flipped and now < self._next_state_update:
+            return
+        self._next_state_update = now + STATE_UPDATE_INTERVAL_S
+        self._published_state = state
+        self.connection.hset(keys.worker(self.name), mapping={
+            "state": state[0], "current_jobs": json.dumps(list(running)), **self._counter_fields(),
+        })
+
     def _select_timeout(self, burst: bool) -> float:
         now = time.monotonic()
         timeout = max(0.0, min(self._next_heartbeat, self._next_scheduler_run, self._next_maintenance) - now)
         wall = time.time()
-        for h in self._horses:
-            if h.execution is not None and h.execution.deadline is not None:
-                timeout = min(timeout, max(0.0, h.execution.deadline - wall))
-        if burst and self._idle():
+        for execution in self._running():
+            if execution.deadline is not None:
+                timeout = min(timeout, max(0.0, execution.deadline - wall))
+            if execution.job_id not in self._marked and execution.started_at is not None:
+                timeout = min(timeout, max(0.0, execution.started_at + MARK_STARTED_AFTER_S - wall))
+        if self._records:
+            timeout = min(timeout, max(0.0, self._first_record_at + RECORD_DELAY_S - now))
+        if self._published_state is not None and self._published_state[1]:
+            timeout = min(timeout, STATE_UPDATE_INTERVAL_S)
+        if burst and self._has_idle_horse():
             # In burst mode nothing waits on the queues: look again as soon as a horse is free.
             timeout = min(timeout, 0.05)
         return timeout
@@ -288,8 +343,8 @@ class Worker:
                     continue
                 if key.data is self._command_waiter and reply:
                     self._on_command(reply[1])
-            else:
-                self._on_horse_message(key.data)
+            elif key.data in self._horses:
+                self._read_horse(key.data)
 
     def _arm(self, waiters: list[BlockingWait]) -> None:
         for waiter in waiters:
@@ -316,70 +371,186 @@ class Worker:
         if name != "stop-job":
             log.warning("Worker %s ignored an unknown command %r", self.name, name)
             return
+        stopped = Outcome(Result.Type.STOPPED, exc_string="The job was stopped on request; its work horse was killed")
         for horse_ in self._horses:
-            if horse_.execution is not None and horse_.execution.job_id == job_id:
-                log.info("Job %s stop requested: queue=%s", job_id, horse_.execution.queue)
-                self._kill_horse(horse_)
-                self._end_execution(horse_, Outcome(
-                    Result.Type.STOPPED, exc_string="The job was stopped on request; its work horse was killed"
-                ))
+            for execution in horse_.pending:
+                if execution.job_id != job_id:
+                    continue
+                log.info("Job %s stop requested: queue=%s", job_id, execution.queue)
+                if execution is horse_.running:
+                    horse_.kill()
+                    self._end_run(horse_, stopped)
+                else:
+                    # Not started yet: the horse skips it, and it never runs.
+                    horse_.send_control(("skip", job_id))
+                    self._stopped_early.add(job_id)
+                    now = time.time()
+                    self._add_record(Record(execution, Outcome(
+                        Result.Type.STOPPED, exc_string="The job was stopped on request before it started"
+                    ), self.name, now, now))
+                    self._log_outcome(execution, Result.Type.STOPPED, None, None, 0.0)
                 return
-        log.warning("Worker %s got a stop request for job %s, which it is not running", self.name, job_id)
+        log.warning("Worker %s got a stop request for job %s, which it no longer holds", self.name, job_id)
 
     # Jobs
 
     def _dequeue(self) -> int:
-        idle = [h for h in self._horses if h.execution is None]
-        if not idle:
+        """Take jobs for the horses' free slots; return how many were taken."""
+        free = sum(horse_.free_slots for horse_ in self._horses)
+        wanted = sum(horse_.prefetch for horse_ in self._horses)
+        # Refill when a horse has nothing, or when half the prefetch room is free, so takes come in batches.
+        if free == 0 or (not self._has_idle_horse() and free * 2 < wanted):
             return 0
         now = time.time()
-        self._execution_count += 1
-        base = f"{self._execution_base}.{self._execution_count}"
-        started, skipped = self.scripts.dequeue(
-            args=[keys.PREFIX, self.name, repr(now), repr(now + STARTED_LEASE_S), len(idle), base, *self.queue_names]
-        )
+        rows, skipped = self.scripts.dequeue(args=[
+            keys.PREFIX, self.name, repr(now + STARTED_LEASE_S), free, INLINE_LIMIT_BYTES, len(TAKEN_FIELDS), *TAKEN_FIELDS,
+            *self.queue_names,
+        ])
         for index in range(0, len(skipped), 3):
             job_id, queue, reason = (value.decode() for value in skipped[index : index + 3])
             if reason == "expired":
                 log.warning("Job %s expired in queue %s before it started (its ttl passed): not run", job_id, queue)
             else:
                 log.warning("Job %s left queue %s with status %s: not run", job_id, queue, reason)
-        for index, horse_ in zip(range(0, len(started), 5), idle):
-            job_id, queue, execution_id, timeout, func = (value.decode() for value in started[index : index + 5])
-            execution = Execution(job_id, queue, execution_id, float(timeout), func, now)
-            horse_.execution = execution
-            horse_.pipe.send(execution)
-            log.info("Job %s started: queue=%s function=%s", job_id, queue, func)
-        return len(started) // 5
+        for row in rows:
+            fields = dict(zip(TAKEN_FIELDS, row[2:-1]))
+            execution = Execution(
+                job_id=row[0].decode(),
+                queue=row[1].decode(),
+                timeout_s=float(fields["timeout"] or -1),
+                func_name=(fields["func"] or b"").decode(),
+                fields=fields,
+                payload=row[-1],
+            )
+            horse_ = min((h for h in self._horses if h.free_slots), key=lambda h: len(h.pending))
+            if horse_.send(execution, now):
+                self._log_start(execution)
+        return len(rows)
 
-    def _on_horse_message(self, horse_: _Horse) -> None:
+    def _log_start(self, execution: Execution) -> None:
+        log.info("Job %s started: queue=%s function=%s", execution.job_id, execution.queue, execution.func_name)
+
+    def _read_horse(self, horse_: HorseHandle) -> None:
+        """Handle every message the horse has sent."""
         try:
-            report = horse_.pipe.recv()
+            while horse_.pipe.poll():
+                kind, value = horse_.pipe.recv()
+                now = time.time()
+                if kind == "done":
+                    self._on_report(horse_, value, now)
+                elif kind == "skipped":
+                    execution = horse_.pop_finished(value, now)
+                    if execution is not None and value not in self._stopped_early:
+                        self._returns.append(execution)
+                    self._stopped_early.discard(value)
+                    if horse_.running is not None:
+                        self._log_start(horse_.running)
         except (EOFError, OSError):
-            self._on_horse_died(horse_)
-            return
-        execution = horse_.execution
-        horse_.execution = None
+            if horse_.running is not None:
+                self._end_run(horse_, self._failure(
+                    horse_.running, f"{WorkHorseDiedError.__module__}.WorkHorseDiedError: The work horse running "
+                    f"the job {horse_.exit_description()}"
+                ))
+            else:
+                self._replace_horse(horse_)
+
+    def _on_report(self, horse_: HorseHandle, report: Report, now: float) -> None:
+        execution = horse_.pop_finished(report.job_id, now)
+        if horse_.running is not None:
+            self._log_start(horse_.running)
         if execution is None:
             return
-        self._log_outcome(execution, report.get("type"), report.get("exc_string"), report.get("retry_delay_s"))
+        self._marked.discard(execution.job_id)
+        duration_s = report.ended_at - report.started_at
+        horse_.adapt_prefetch(duration_s)
+        if report.outcome is None:
+            log.warning("Job %s was deleted before it ran: queue=%s", execution.job_id, execution.queue)
+            return
+        if not report.recorded:
+            self._add_record(Record(
+                execution, report.outcome, self.name, report.started_at, report.ended_at, report.wrote_output
+            ))
+        self._log_outcome(
+            execution, report.outcome.type, report.outcome.exc_string, report.outcome.retry_delay_s, duration_s
+        )
 
-    def _log_outcome(self, execution: Execution, type_value: int | None, exc_string: str | None, retry_delay_s: float | None) -> None:
-        duration_s = time.time() - execution.started_at
+    def _add_record(self, record: Record) -> None:
+        if not self._records:
+            self._first_record_at = time.monotonic()
+        self._records.append(record)
+
+    def _flush_if_due(self) -> None:
+        if self._returns:
+            self._return_to_queue()
+        if not self._records:
+            return
+        due = (
+            len(self._records) >= RECORD_BATCH
+            or time.monotonic() >= self._first_record_at + RECORD_DELAY_S
+            or self._has_idle_horse()
+            or self._stop_signal is not None
+        )
+        if due:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Record every outcome that arrived, in one script call."""
+        records, self._records = self._records, []
+        for record, recorded in zip(records, record_outcomes(self.connection, self.scripts, records)):
+            if not recorded:
+                log.warning(
+                    "Job %s: outcome %s not recorded, because the job's outcome was already recorded elsewhere "
+                    "(its lease had lapsed and another worker took it over)",
+                    record.execution.job_id, record.outcome.type.name,
+                )
+        if self._returns:
+            self._return_to_queue()
+
+    def _return_to_queue(self) -> None:
+        executions, self._returns = self._returns, []
+        args: list[Any] = [keys.PREFIX]
+        for execution in executions:
+            args += [execution.job_id, execution.queue]
+        returned = self.scripts.return_to_queue(args=args)
+        for execution in executions:
+            log.info("Job %s returned to the head of queue %s, not run", execution.job_id, execution.queue)
+        if returned != len(executions):
+            log.warning("Worker %s returned %d of %d unrun jobs to their queues", self.name, returned, len(executions))
+
+    def _mark_started(self) -> None:
+        now = time.time()
+        due = [
+            execution for execution in self._running()
+            if execution.job_id not in self._marked and execution.started_at is not None
+            and now - execution.started_at >= MARK_STARTED_AFTER_S
+        ]
+        if not due:
+            return
+        args: list[Any] = [keys.PREFIX, self.name]
+        for execution in due:
+            args += [execution.job_id, execution.queue, repr(execution.started_at)]
+            self._marked.add(execution.job_id)
+        self.scripts.mark_started(args=args)
+
+    def _log_outcome(
+        self, execution: Execution, result_type: Result.Type, exc_string: str | None, retry_delay_s: float | None,
+        duration_s: float,
+    ) -> None:
         job_id, queue = execution.job_id, execution.queue
-        if type_value is None:
-            log.warning("Job %s was deleted before it ran: queue=%s", job_id, queue)
-        elif type_value == Result.Type.SUCCESSFUL.value:
+        if result_type == Result.Type.SUCCESSFUL:
             self.counters.finished += 1
             log.info("Job %s finished in %.3fs: queue=%s", job_id, duration_s, queue)
-        elif type_value == Result.Type.RETRIED.value:
+        elif result_type == Result.Type.RETRIED:
             self.counters.retried += 1
             if retry_delay_s:
                 # This worker runs the scheduler if it holds its lock: move the job exactly when it is due.
                 self._next_scheduler_run = min(self._next_scheduler_run, time.monotonic() + retry_delay_s)
             last_line = (exc_string or "").strip().splitlines()[-1:] or [""]
-            log.info("Job %s retried in %.1fs after %.3fs: queue=%s: %s", job_id, retry_delay_s or 0, duration_s, queue, last_line[0])
-        elif type_value == Result.Type.STOPPED.value:
+            log.info(
+                "Job %s retried in %.1fs after %.3fs: queue=%s: %s", job_id, retry_delay_s or 0, duration_s, queue,
+                last_line[0],
+            )
+        elif result_type == Result.Type.STOPPED:
             self.counters.stopped += 1
             log.info("Job %s stopped after %.3fs: queue=%s", job_id, duration_s, queue)
         else:
@@ -388,118 +559,81 @@ class Worker:
 
     def _enforce_deadlines(self) -> None:
         now = time.time()
-        for horse_ in self._horses:
-            execution = horse_.execution
-            if execution is None:
-                continue
-            if execution.deadline is not None and now >= execution.deadline:
-                self._kill_horse(horse_)
-                limit = f"{execution.timeout_s:g}"
-                self._fail_execution(
-                    horse_,
-                    f"{JobTimeoutException.__module__}.JobTimeoutException: Job exceeded its timeout of {limit} seconds; "
-                    f"its work horse was killed",
-                )
+        for horse_ in list(self._horses):
+            execution = horse_.running
+            if execution is not None and execution.deadline is not None and now >= execution.deadline:
+                horse_.kill()
+                self._end_run(horse_, self._failure(
+                    execution,
+                    f"{JobTimeoutException.__module__}.JobTimeoutException: Job exceeded its timeout of "
+                    f"{execution.timeout_s:g} seconds; its work horse was killed",
+                ))
             elif not horse_.process.is_alive():
-                self._on_horse_died(horse_)
+                self._read_horse(horse_)  # reads what it sent before it died, then handles the death
+                if horse_ in self._horses:
+                    self._end_run(horse_, None)
 
-    def _on_horse_died(self, horse_: _Horse) -> None:
-        horse_.process.join(5)
-        code = horse_.process.exitcode
-        if code is not None and code < 0:
-            how = f"was killed by signal {signal.Signals(-code).name}"
-        else:
-            how = f"exited with status {code}"
-        self._fail_execution(
-            horse_, f"{WorkHorseDiedError.__module__}.WorkHorseDiedError: The work horse running the job {how}"
-        )
+    def _failure(self, execution: Execution, exc_string: str) -> Outcome:
+        return failure_outcome(execution.fields, exc_string)
 
-    def _fail_execution(self, horse_: _Horse, exc_string: str) -> None:
-        """Record a failure the supervisor detected (or a retry, by the job's budget); replace the horse."""
-        execution = horse_.execution
-        if execution is None:
-            self._replace_horse(horse_)
-            return
-        names = ("result_ttl", "failure_ttl", *RETRY_FIELDS)
-        fields = dict(zip(names, self.connection.hmget(keys.job(execution.job_id), names)))
-        self._end_execution(horse_, failure_outcome(fields, exc_string), fields)
-
-    def _end_execution(self, horse_: _Horse, outcome: Outcome, fields: dict[str, Any] | None = None) -> None:
-        """Record the outcome of a run the supervisor ended, then put a fresh horse in place of the killed one."""
-        execution = horse_.execution
+    def _end_run(self, horse_: HorseHandle, outcome: Outcome | None) -> None:
+        """Record the outcome of a run the supervisor ended, return the horse's other jobs to their queues,
+        and put a fresh horse in place of the killed one."""
+        running = horse_.running
+        if running is not None and outcome is None:
+            outcome = self._failure(
+                running, f"{WorkHorseDiedError.__module__}.WorkHorseDiedError: The work horse running the job "
+                f"{horse_.exit_description()}"
+            )
+        waiting = [execution for execution in horse_.pending if execution is not running]
+        self._returns += [execution for execution in waiting if execution.job_id not in self._stopped_early]
         self._replace_horse(horse_)
-        if execution is None:
-            return
-        if fields is None:
-            names = ("result_ttl", "failure_ttl")
-            fields = dict(zip(names, self.connection.hmget(keys.job(execution.job_id), names)))
-        record(
-            self.connection, self.scripts, execution, outcome, worker_name=self.name,
-            result_ttl_s=int(fields["result_ttl"] or 500), failure_ttl_s=int(fields["failure_ttl"] or -1),
-        )
-        self._log_outcome(execution, outcome.type.value, outcome.exc_string, outcome.retry_delay_s)
+        if running is not None and outcome is not None:
+            now = time.time()
+            started_at = running.started_at or now
+            self._add_record(Record(running, outcome, self.name, started_at, now, True))
+            self._marked.discard(running.job_id)
+            self._log_outcome(running, outcome.type, outcome.exc_string, outcome.retry_delay_s, now - started_at)
+        self._flush()
 
     # Work horses
 
-    def _start_horse(self) -> _Horse:
-        context = multiprocessing.get_context("fork")
-        parent_end, child_end = context.Pipe()
-        pool = self.connection.connection_pool
-        process = context.Process(
-            target=horse.main,
-            args=(child_end, parent_end, pool.connection_class, dict(pool.connection_kwargs), self.name, self.settings),
-            name=f"nbqueue-horse-{self.name}",
-        )
-        process.start()
-        child_end.close()
-        horse_ = _Horse(process, parent_end)
+    def _add_horse(self) -> HorseHandle:
+        horse_ = HorseHandle(self.connection, self.name, self.settings)
         self._horses.append(horse_)
-        self._selector.register(parent_end, selectors.EVENT_READ, horse_)
+        self._selector.register(horse_.pipe, selectors.EVENT_READ, horse_)
         return horse_
 
-    def _kill_horse(self, horse_: _Horse) -> None:
-        pid = horse_.process.pid
-        if pid is None:
-            return
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            # The horse may not have made its own process group yet.
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        horse_.process.join(5)
-
-    def _replace_horse(self, horse_: _Horse) -> None:
+    def _replace_horse(self, horse_: HorseHandle) -> None:
         if horse_.process.is_alive():
-            self._kill_horse(horse_)
+            horse_.kill()
         try:
             self._selector.unregister(horse_.pipe)
         except (KeyError, ValueError):
             pass
         horse_.pipe.close()
+        horse_.pending.clear()
         self._horses.remove(horse_)
-        horse_.execution = None
-        if not self._cold:
-            self._start_horse()
+        if not self._cold and self._stop_signal is None:
+            self._add_horse()
 
     def _shutdown_horses(self) -> None:
+        """Kill horses still running jobs (cold shutdown), recording those jobs, then close the others."""
         for horse_ in list(self._horses):
-            if horse_.execution is not None:
-                self._kill_horse(horse_)
-                self._fail_execution(
-                    horse_,
+            if horse_.running is not None:
+                horse_.kill()
+                self._end_run(horse_, self._failure(
+                    horse_.running,
                     f"{WorkHorseDiedError.__module__}.WorkHorseDiedError: The worker {self.name} was shut down "
                     f"({self._stop_signal or 'stopped'}, cold shutdown) while the job ran; the job was killed",
-                )
+                ))
+            elif horse_.pending:
+                self._returns += horse_.pending
+                horse_.pending.clear()
+        try:
+            self._flush()
+        except redis.RedisError as exc:
+            log.error("Worker %s could not record its last outcomes: %s", self.name, exc)
         for horse_ in self._horses:
-            try:
-                horse_.pipe.send(None)
-            except OSError:
-                pass
-            horse_.pipe.close()
-            horse_.process.join(5)
-            if horse_.process.is_alive():
-                self._kill_horse(horse_)
+            horse_.close()
         self._horses.clear()
