@@ -11,10 +11,12 @@ from nbqueue.errors import (
     DeserializationError,
     InvalidJobOperation,
     InvalidOptionError,
+    JobsFailedError,
     JobTimeoutException,
     NbqueueError,
     NoSuchJobError,
     SerializationError,
+    WaitTimeoutError,
 )
 from nbqueue.commands import send_stop_job_command
 from nbqueue.job import Job, JobStatus
@@ -31,6 +33,7 @@ from nbqueue.registry import (
 from nbqueue.results import Result
 from nbqueue.retry import Retry
 from nbqueue.version import __version__
+from nbqueue.waiting import wait
 from nbqueue.worker import Worker
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "Job",
     "JobStatus",
     "JobTimeoutException",
+    "JobsFailedError",
     "NbqueueError",
     "NoSuchJobError",
     "Queue",
@@ -52,15 +56,18 @@ __all__ = [
     "ScheduledJobRegistry",
     "SerializationError",
     "StartedJobRegistry",
+    "WaitTimeoutError",
     "Worker",
     "__version__",
     "connect",
     "get_current_job",
     "jobs",
     "load_ipython_extension",
+    "monitor",
     "progress",
     "send_stop_job_command",
     "set_progress",
+    "wait",
 ]
 
 
@@ -69,3 +76,10 @@ def load_ipython_extension(ipython: Any) -> None:
     from nbqueue.jupyter.magics import load_ipython_extension as load
 
     load(ipython)
+
+
+def monitor(connection: Any = None, limit: int = 20) -> Any:
+    """Return a live view of queues, workers and recent jobs, with Stop, Requeue and Cancel; needs ipywidgets."""
+    from nbqueue.jupyter.monitor import monitor as make_monitor
+
+    return make_monitor(connection, limit=limit)

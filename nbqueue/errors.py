@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class NbqueueError(Exception):
     """Base class of every error nbqueue raises."""
@@ -60,3 +62,48 @@ class AbandonedJobError(NbqueueError):
 
 class WorkHorseDiedError(NbqueueError):
     """The exception recorded when the process running a job exited without recording an outcome."""
+
+
+class JobsFailedError(NbqueueError):
+    """Raised by :func:`nbqueue.wait` and :meth:`Queue.map` when every job ended but some failed or were stopped.
+
+    ``values`` lists the return values in input order, with None for the failed items. ``failures`` maps the
+    index of each failed item to its final :class:`~nbqueue.Result`. ``jobs`` lists the jobs in input order.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        values: list[Any] | None = None,
+        failures: dict[int, Any] | None = None,
+        jobs: list[Any] | None = None,
+    ):
+        # The attributes have defaults so that pickle, which calls the class with the message only, works.
+        super().__init__(message)
+        self.values = values if values is not None else []
+        self.failures = failures if failures is not None else {}
+        self.jobs = jobs if jobs is not None else []
+
+
+class WaitTimeoutError(NbqueueError, TimeoutError):
+    """Raised by :func:`nbqueue.wait` and :meth:`Queue.map` when the timeout passes before every job ended.
+
+    The jobs keep running. ``values`` lists the return values of the jobs that finished, in input order,
+    with None for the others. ``failures`` maps the index of each failed item to its final
+    :class:`~nbqueue.Result`. ``jobs`` lists the jobs in input order.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        values: list[Any] | None = None,
+        failures: dict[int, Any] | None = None,
+        jobs: list[Any] | None = None,
+    ):
+        # The attributes have defaults so that pickle, which calls the class with the message only, works.
+        super().__init__(message)
+        self.values = values if values is not None else []
+        self.failures = failures if failures is not None else {}
+        self.jobs = jobs if jobs is not None else []

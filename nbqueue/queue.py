@@ -34,6 +34,7 @@ from nbqueue.registry import (
 from nbqueue.retry import Retry
 from nbqueue.session import session_tag
 from nbqueue.settings import load_settings
+from nbqueue.waiting import wait
 
 #: Keyword arguments of ``enqueue`` that are options, not arguments of the function.
 ENQUEUE_OPTIONS = frozenset(
@@ -159,9 +160,19 @@ class Queue:
             jobs.append(job)
         return jobs
 
-    def map(self, f: Callable[..., Any] | str, iterable: Iterable[Any], **options: Any) -> list[Job]:
-        """Enqueue ``f(item)`` for every item, in one round trip; returns the jobs in input order."""
-        return self.enqueue_many([self.prepare_data(f, (item,), None, **options) for item in iterable])
+    def map(
+        self, f: Callable[..., Any] | str, iterable: Iterable[Any], *, timeout: float | None = None, **options: Any
+    ) -> list[Any]:
+        """Run ``f(item)`` as one job per item, wait for all of them, and return their values in input order.
+
+        The jobs are enqueued in one round trip; ``options`` are the options of :meth:`enqueue` and apply to
+        every job. The wait is :func:`nbqueue.wait`: it shows one progress bar for all jobs, waits up to
+        ``timeout`` seconds (None: no limit), and raises :class:`JobsFailedError` if any job failed or
+        :class:`WaitTimeoutError` if the timeout passed; both carry the values and the jobs. To get the jobs
+        without waiting, call ``enqueue_many([Queue.prepare_data(f, (item,), **options) for item in items])``.
+        """
+        jobs = self.enqueue_many([self.prepare_data(f, (item,), None, **options) for item in iterable])
+        return wait(jobs, timeout)
 
     def _build(self, data: EnqueueData, settings) -> tuple[str, dict[str, Any], int | None, bool]:
         options = data.options

@@ -116,7 +116,7 @@ def test_enqueue_returns_job_for_display(kernel_directory, start_worker):
     for run in runs:
         assert_ok(run)
     (bundle,) = runs[1].results
-    assert bundle["text/plain"].startswith("Job('")
+    assert bundle["text/plain"].startswith("Job ")
     assert "nbqueue-job" in bundle["text/html"]
     assert runs[2].results[0]["text/plain"] == "2"
 

@@ -195,10 +195,10 @@ def test_enqueue_many_rejects_all_if_one_invalid(connection):
     assert connection.dbsize() == 0
 
 
-def test_map_writes_all_in_order(connection, start_worker):
+def test_prepare_data_options_apply_per_job(connection, start_worker):
     queue = Queue(connection=connection)
 
-    jobs = queue.map(double, [3, 1, 2], result_ttl=100)
+    jobs = queue.enqueue_many([Queue.prepare_data(double, (n,), result_ttl=100) for n in (3, 1, 2)])
 
     assert queue.job_ids == [job.id for job in jobs]
     assert len(set(queue.job_ids)) == 3

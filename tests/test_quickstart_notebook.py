@@ -59,7 +59,7 @@ def test_quickstart_runs_and_prints_results(redis_url, monkeypatch, start_worker
 
     (display,) = cell_by_id(notebook, "display-job").outputs
     assert display["output_type"] == "execute_result"
-    assert display["data"]["text/plain"].startswith("Job('")
+    assert display["data"]["text/plain"].startswith("Job ")
     html = display["data"]["text/html"]
     assert ">finished<" in html
     assert "total = sum(add(n, n) for n in numbers)" in html

@@ -56,7 +56,7 @@ class _JobState:
 def job_html(job: Job) -> str:
     """Render a job as an HTML summary: status badge, id, queue, function, times and latest result."""
     state = _read_state(job)
-    colour = _STATUS_COLOURS.get(state.status, "#546e7a")
+    colour = status_colour(state.status)
 
     header = (
         f'<span style="background:{colour};color:#fff;padding:1px 6px;border-radius:3px;'
@@ -87,6 +87,11 @@ def job_html(job: Job) -> str:
         f"{_result_html(state)}"
         "</div>"
     )
+
+
+def status_colour(status: str) -> str:
+    """Return the CSS colour of a status badge, blue-grey for a status not listed."""
+    return _STATUS_COLOURS.get(status, "#546e7a")
 
 
 def job_text(job: Job) -> str:

@@ -1,8 +1,8 @@
-"""The ``%%enqueue`` cell magic: run a notebook cell as a job on a worker.
+"""The ``%%enqueue`` cell magic and ``%enqueue`` line magic: run notebook code as a job on a worker.
 
-Load it with ``%load_ext nbqueue``. The cell runs on the worker through :func:`nbqueue.jupyter.cell.run_cell`,
-in a namespace made of the notebook values that the cell reads, captured when the cell is submitted. This is
-the only nbqueue module that imports IPython.
+Load them with ``%load_ext nbqueue``. The code runs on the worker through :func:`nbqueue.jupyter.cell.run_cell`,
+in a namespace made of the notebook values that it reads, captured when it is submitted. This is the only
+nbqueue module that imports IPython.
 """
 
 from __future__ import annotations
@@ -11,17 +11,23 @@ import ast
 import keyword
 import pickle
 import re
+import sys
+from argparse import Namespace
+from typing import Any
 
 import cloudpickle
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
-from IPython.core.magic import Magics, cell_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 
-from nbqueue.errors import InvalidOptionError, PayloadTooLargeError, SerializationError
+from nbqueue.durations import parse_duration, parse_job_timeout, parse_ttl
+from nbqueue.errors import InvalidOptionError, JobsFailedError, PayloadTooLargeError, SerializationError
 from nbqueue.job import Job
 from nbqueue.jupyter.cell import CELL_FILENAME, compile_cell, free_names, run_cell
 from nbqueue.queue import Queue
+from nbqueue.retry import Retry
+from nbqueue.waiting import wait
 
 #: Names IPython keeps in the notebook namespace for itself. A cell that reads one gets the builtin (or a
 #: NameError) on the worker, never the notebook's value.
@@ -30,13 +36,17 @@ IPYTHON_NAMES = frozenset(
 )
 # The input history: _i, _ii, _iii, _ih and _i<N>.
 _INPUT_HISTORY_NAME = re.compile(r"_i(?:|i|ii|h|\d+)")
+#: Options of the magics that take no value; every other option takes one.
+FLAG_OPTIONS = frozenset({"--wait"})
+# One word of a line magic's options: a quoted string, which may contain spaces, or a run of non-spaces.
+_OPTION_WORD = re.compile(r"""\s*('[^']*'|"[^"]*"|\S+)""")
 
 
 @magics_class
 class EnqueueMagics(Magics):
-    """Magics that submit notebook cells as jobs."""
+    """Magics that submit notebook cells and expressions as jobs."""
 
-    @cell_magic
+    @line_cell_magic
     @magic_arguments()
     @argument("-q", "--queue", default="default", help="Name of the queue to put the job on. Default: 'default'.")
     @argument(
@@ -46,55 +56,122 @@ class EnqueueMagics(Magics):
         help="How long the job may run: seconds, or a string like '90s', '10m' or '1h', or -1 for no limit. "
         "Default: the queue's default timeout, else 180 s.",
     )
-    @argument("-o", "--output", metavar="NAME", default=None, help="Bind the Job to NAME in the notebook namespace.")
-    def enqueue(self, line: str, cell: str) -> Job:
-        """Run the cell as a job on a worker and return its Job, which displays its status and result.
+    @argument(
+        "--retry",
+        metavar="N",
+        type=int,
+        default=None,
+        help="Run the job up to N more times after it raises an exception. Each failed run that is retried "
+        "records a RETRIED result. Default: no retries.",
+    )
+    @argument(
+        "--retry-interval",
+        metavar="S",
+        default=None,
+        help="Seconds to wait before each retry: one number, or a comma-separated list whose k-th value is "
+        "the delay before the k-th retry, the last value repeating. Needs --retry. Default: 0.",
+    )
+    @argument(
+        "--result-ttl",
+        metavar="S",
+        default=None,
+        help="How long the finished job and its results are kept: seconds, or a string like '10m', -1 for "
+        "ever, 0 not at all. Default: 500 s.",
+    )
+    @argument(
+        "--wait",
+        action="store_true",
+        help="Block until the job ends, showing a progress bar, then return its value (and bind it to -o NAME) "
+        "instead of the Job. A failed job raises JobsFailedError.",
+    )
+    @argument(
+        "-o",
+        "--output",
+        metavar="NAME",
+        default=None,
+        help="Bind the Job, or its value with --wait, to NAME in the notebook namespace.",
+    )
+    def enqueue(self, line: str, cell: str | None = None) -> Any:
+        """Run a cell, or the expression after the options of ``%enqueue``, as a job on a worker.
 
-        The notebook values that the cell reads are captured when the cell is submitted, so later changes
-        do not reach the job. The value of the cell's last expression is the job's return value. Names
-        that the cell assigns exist only on the worker: the notebook namespace is not changed, except for
-        the name given with -o. IPython syntax (%magics, !commands, ?help) is rejected because the worker
-        runs plain Python.
+        ``%%enqueue [options]`` runs the cell below it; ``%enqueue [options] EXPRESSION`` runs one
+        expression, such as ``%enqueue -q reports -t 10m summarize(df)``. The notebook values that the code
+        reads are captured when it is submitted, so later changes do not reach the job. The value of the
+        expression, or of the cell's last expression, is the job's return value. The magic returns the Job,
+        which displays its status and result, or with --wait the value. Names that the code assigns exist
+        only on the worker: the notebook namespace is not changed, except for the name given with -o.
+        IPython syntax (%magics, !commands, ?help) is rejected because the worker runs plain Python.
         """
-        options = parse_argstring(self.enqueue, line)
+        magic = "%enqueue" if cell is None else "%%enqueue"
+        option_text, expression = _split_line_magic(line) if cell is None else (line, "")
+        options = parse_argstring(self.enqueue, option_text)
         # IPython splits magic arguments in non-POSIX mode, which keeps quotes: -q 'reports' gives "'reports'".
-        options.queue = _unquote(options.queue)
-        options.timeout = _unquote(options.timeout)
-        options.output = _unquote(options.output)
+        for name in ("queue", "timeout", "output", "retry_interval", "result_ttl"):
+            setattr(options, name, _unquote(getattr(options, name)))
         if options.output is not None and not _is_identifier(options.output):
             raise UsageError(
-                f"%%enqueue -o {options.output!r} is invalid: NAME must be a Python identifier that is not a "
+                f"{magic} -o {options.output!r} is invalid: NAME must be a Python identifier that is not a "
                 "keyword, such as cell_job"
             )
+        retry = _parse_retry(options, magic)
+        _check_durations(options, magic)
 
-        description = _first_line(cell)
-        source = self.shell.transform_cell(cell)
         filename = self._cell_filename()
-        self._check_source(cell, source, filename)
+        if cell is None:
+            source = description = expression
+            self._check_expression(expression)
+        else:
+            description = _first_line(cell)
+            source = self.shell.transform_cell(cell)
+            self._check_source(cell, source, filename)
         captured = self._capture(source)
 
         try:
             queue = Queue(options.queue)
         except InvalidOptionError as exc:
-            raise UsageError(f"%%enqueue -q {options.queue!r}: {exc}") from None
+            raise UsageError(f"{magic} -q {options.queue!r}: {exc}") from None
 
         try:
             job = queue.enqueue_call(
                 run_cell,
                 args=(source, captured, filename),
                 job_timeout=options.timeout,
+                result_ttl=options.result_ttl,
+                retry=retry,
                 description=description,
             )
         except InvalidOptionError as exc:
-            raise UsageError(f"%%enqueue -t {options.timeout!r}: {exc}") from None
+            raise UsageError(f"{magic}: {exc}") from None
         except PayloadTooLargeError as exc:
-            raise UsageError(f"The %%enqueue job is too large, so nothing was enqueued: {exc}") from None
+            raise UsageError(f"The {magic} job is too large, so nothing was enqueued: {exc}") from None
         except SerializationError as exc:
-            raise UsageError(_describe_unpicklable(captured, exc)) from None
+            raise UsageError(_describe_unpicklable(captured, exc, magic)) from None
 
+        result: Any = job
+        if options.wait:
+            result = _wait_for_value(job)
         if options.output is not None:
-            self.shell.user_ns[options.output] = job
-        return job
+            self.shell.user_ns[options.output] = result
+        return result
+
+    def _check_expression(self, expression: str) -> None:
+        """Raise UsageError if the line magic's expression is missing, not valid Python, or needs IPython."""
+        if not expression:
+            raise UsageError(
+                "%enqueue needs an expression to run on the worker after its options, such as %enqueue -q reports f(x)"
+            )
+        try:
+            tree = ast.parse(expression, mode="eval")
+        except SyntaxError as exc:
+            raise UsageError(
+                f"The %enqueue expression is not a valid Python expression ({exc.msg}): {expression}. "
+                "Nothing was enqueued. Use %%enqueue to run statements."
+            ) from None
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Name) and node.id == "get_ipython":
+                raise UsageError(
+                    f"The %enqueue expression needs IPython, which the worker does not run: {expression}."
+                )
 
     def _cell_filename(self) -> str:
         """Return the file name that the job's tracebacks show, with the cell's number as the notebook shows it."""
@@ -157,8 +234,84 @@ class EnqueueMagics(Magics):
 
 
 def load_ipython_extension(ipython: InteractiveShell) -> None:
-    """Register the ``%%enqueue`` magic. ``%load_ext nbqueue`` calls this."""
+    """Register the ``%%enqueue`` and ``%enqueue`` magics. ``%load_ext nbqueue`` calls this."""
     ipython.register_magics(EnqueueMagics)
+
+
+def _split_line_magic(line: str) -> tuple[str, str]:
+    """Split the text of ``%enqueue`` into its options and the expression that follows them.
+
+    The expression is returned as written, because splitting it into words would change its spaces. It
+    starts at the first word that is neither an option nor an option's value. A word made of ``-`` and a
+    digit is a number, not an option. An option written with its value (``-t10``, ``--queue=reports``)
+    takes no further word.
+    """
+    position = 0
+    expects_value = False
+    while True:
+        match = _OPTION_WORD.match(line, position)
+        if match is None:
+            return line, ""
+        word = match.group(1)
+        is_option = word.startswith("-") and len(word) > 1 and not word[1].isdigit() and word[1] != "."
+        if not expects_value and not is_option:
+            return line[: match.start(1)], line[match.start(1) :].strip()
+        has_value = "=" in word or (not word.startswith("--") and len(word) > 2)
+        expects_value = not expects_value and word not in FLAG_OPTIONS and not has_value
+        position = match.end()
+
+
+def _parse_retry(options: Namespace, magic: str) -> Retry | None:
+    """Return the Retry that --retry and --retry-interval give, or None; raise UsageError naming a bad option."""
+    if options.retry is None:
+        if options.retry_interval is not None:
+            raise UsageError(
+                f"{magic} --retry-interval needs --retry N, the number of retries, "
+                "such as --retry 3 --retry-interval 10"
+            )
+        return None
+
+    intervals: list[float] = []
+    for part in (options.retry_interval or "0").split(","):
+        try:
+            seconds = parse_duration(part.strip(), "--retry-interval")
+        except InvalidOptionError as exc:
+            raise UsageError(
+                f"{magic} --retry-interval {options.retry_interval!r}: {exc}. Give seconds, or a comma-separated "
+                "list such as 10,30,60"
+            ) from None
+        if seconds < 0:
+            raise UsageError(f"{magic} --retry-interval {options.retry_interval!r}: intervals must be >= 0 seconds")
+        intervals.append(seconds)
+
+    try:
+        return Retry(max=options.retry, interval=intervals)
+    except InvalidOptionError as exc:
+        raise UsageError(f"{magic} --retry {options.retry}: {exc}") from None
+
+
+def _check_durations(options: Namespace, magic: str) -> None:
+    """Raise UsageError naming -t or --result-ttl when its value is not a valid duration."""
+    try:
+        parse_job_timeout(options.timeout, "job_timeout")
+    except InvalidOptionError as exc:
+        raise UsageError(f"{magic} -t {options.timeout!r}: {exc}") from None
+    try:
+        parse_ttl(options.result_ttl, "result_ttl")
+    except InvalidOptionError as exc:
+        raise UsageError(f"{magic} --result-ttl {options.result_ttl!r}: {exc}") from None
+
+
+def _wait_for_value(job: Job) -> Any:
+    """Wait for ``job`` with a progress bar and return its value; print the worker's traceback if it failed."""
+    try:
+        (value,) = wait([job])
+    except JobsFailedError as exc:
+        failure = exc.failures[0]
+        if failure.exc_string:
+            print(f"The job failed on worker {failure.worker_name}:\n{failure.exc_string}", file=sys.stderr)
+        raise
+    return value
 
 
 def _is_identifier(name: str) -> bool:
@@ -184,15 +337,16 @@ def _first_line(cell: str) -> str:
     return ""
 
 
-def _describe_unpicklable(captured: dict[str, object], error: SerializationError) -> str:
+def _describe_unpicklable(captured: dict[str, object], error: SerializationError, magic: str) -> str:
     """Return a message naming the first captured notebook value that cannot be pickled, else the core's message."""
+    code = "cell" if magic == "%%enqueue" else "expression"
     for name, value in captured.items():
         try:
             cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # noqa: BLE001 - any exception from pickling means this value is the cause
             return (
-                f"The %%enqueue cell reads the notebook name {name!r}, whose value ({type(value).__name__}) cannot "
-                f"be pickled: {type(exc).__name__}: {exc}. Nothing was enqueued. Create the value inside the cell, "
+                f"The {magic} {code} reads the notebook name {name!r}, whose value ({type(value).__name__}) cannot "
+                f"be pickled: {type(exc).__name__}: {exc}. Nothing was enqueued. Create the value inside the {code}, "
                 "or stop reading it there."
             )
-    return f"The %%enqueue job cannot be pickled, so nothing was enqueued: {error}"
+    return f"The {magic} job cannot be pickled, so nothing was enqueued: {error}"
