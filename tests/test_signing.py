@@ -20,7 +20,7 @@ import pytest
 import redis
 
 import fault_jobs
-from conftest import find_redis_server_binary, free_port
+from servers import find_redis_server_binary, free_port
 from nbqueue import DeserializationError, Job, JobStatus, Queue, Result, keys, serialization
 from nbqueue.connection import connect, describe
 from nbqueue.errors import ConnectionResolutionError

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 import jobs
-from conftest import find_redis_server_binary, free_port
+from servers import find_redis_server_binary, free_port
 from nbqueue import Job, JobStatus, Queue, Result, __version__, keys
 
 pytestmark = pytest.mark.timeout(60)
