@@ -27,6 +27,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from ipykernel.kernelspec import write_kernel_spec
+from jupyter_extension import enable_extension
 from playwright.sync_api import expect, sync_playwright
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -177,13 +178,15 @@ def jupyter_lab(redis_server, tmp_path_factory) -> Iterator[JupyterLab]:
     """Start JupyterLab on a free loopback port, serving a temporary folder, with kernels of this Python.
 
     News, update checks and the PyPI extension manager, which would contact servers outside this
-    machine, are turned off.
+    machine, are turned off. nbqueue's server extension is enabled, and its side panel is linked in
+    when it has been built.
     """
     base = tmp_path_factory.mktemp("jupyter")
     root_dir = base / "root"
     root_dir.mkdir()
     data_dir = base / "data"
     write_kernel_spec(data_dir / "kernels" / "python3")
+    enable_extension(base / "config", data_dir)
     settings_dir = base / "lab-settings"
     _write_lab_settings(settings_dir)
 
