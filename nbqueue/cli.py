@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from nbqueue.cli_jobs import empty, info, requeue, stop
+from nbqueue.cli_notebooks import fetch, submit
 from nbqueue.cli_server import server
 from nbqueue.cli_worker import worker
 from nbqueue.version import __version__
@@ -16,7 +17,7 @@ def cli() -> None:
     """Run notebook functions on background workers through Redis."""
 
 
-for command in (empty, info, requeue, server, stop, worker):
+for command in (empty, fetch, info, requeue, server, stop, submit, worker):
     cli.add_command(command)
 
 

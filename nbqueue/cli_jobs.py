@@ -28,9 +28,16 @@ def _connect(url: str | None) -> redis.Redis:
 
 @click.command()
 @url_option
-def info(url: str | None) -> None:
-    """Show queues with their job counts per state, and workers with their state and current jobs."""
+@click.argument("job_id", required=False)
+def info(url: str | None, job_id: str | None) -> None:
+    """Show queues with their job counts per state, and workers with their state and current jobs.
+
+    With JOB_ID, show that job instead: its state, its latest result, and where it was submitted from.
+    """
     connection = _connect(url)
+    if job_id is not None:
+        _show_job(connection, job_id)
+        return
     queues = Queue.all(connection)
     click.echo(f"{'queue':<20} {'queued':>7} {'started':>8} {'scheduled':>10} {'finished':>9} {'failed':>7} {'canceled':>9}")
     for queue in queues:
@@ -62,6 +69,35 @@ def info(url: str | None) -> None:
         )
     if not shown:
         click.echo("(no workers)")
+
+
+def _show_job(connection: redis.Redis, job_id: str) -> None:
+    try:
+        job = Job.fetch(job_id, connection)
+        result = job.latest_result()
+    except NbqueueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    rows = [
+        ("job", job.id),
+        ("status", job.get_status(refresh=False).value),
+        ("queue", job.origin),
+        ("description", job.description),
+        ("worker", job.worker_name),
+        ("enqueued at", job.enqueued_at.isoformat() if job.enqueued_at else None),
+        ("ended at", job.ended_at.isoformat() if job.ended_at else None),
+        ("notebook", job.notebook_path),
+        ("cell id", job.cell_id),
+        ("cell source", job.cell_source_hash),
+        ("result", result.type.value if result is not None else None),
+    ]
+    for label, value in rows:
+        if value is not None:
+            click.echo(f"{label + ':':<13}{value}")
+    if job.is_notebook_job and result is not None:
+        click.echo(f"{'notebook out:':<13}nbqueue fetch {job.id} -o OUT.ipynb")
+    if result is not None and result.exc_string:
+        click.echo()
+        click.echo(result.exc_string.rstrip())
 
 
 @click.command()

@@ -21,7 +21,15 @@ from nbqueue.errors import NbqueueError
     "--log-level", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False), default="INFO",
     show_default=True, help="Lowest level of log lines printed.",
 )
-def worker(queues: tuple[str, ...], url: str | None, burst: bool, name: str | None, concurrency: int, log_level: str) -> None:
+@click.option(
+    "--strict-env", is_flag=True,
+    help="Reject (FAILED) jobs that import a distribution missing here or installed at another major or minor "
+    "version, instead of running them with a warning in their output.",
+)
+def worker(
+    queues: tuple[str, ...], url: str | None, burst: bool, name: str | None, concurrency: int, log_level: str,
+    strict_env: bool,
+) -> None:
     """Run jobs from QUEUES (default: "default"), the queues listed first served first."""
     from nbqueue.worker import Worker
 
@@ -31,6 +39,9 @@ def worker(queues: tuple[str, ...], url: str | None, burst: bool, name: str | No
         stream=sys.stderr,
     )
     try:
-        Worker(list(queues) or ["default"], connection=connect(url), name=name, concurrency=concurrency).work(burst=burst)
+        Worker(
+            list(queues) or ["default"], connection=connect(url), name=name, concurrency=concurrency,
+            strict_env=strict_env,
+        ).work(burst=burst)
     except NbqueueError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -7,7 +7,9 @@ imports nothing from IPython, so the core can use it for ``Job._repr_html_``.
 
 from __future__ import annotations
 
+import base64
 import html
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -24,6 +26,10 @@ if TYPE_CHECKING:
 MAX_HTML_VALUE_CHARS = 2000
 #: Maximum length of a return value's repr in the text summary, in characters.
 MAX_TEXT_VALUE_CHARS = 200
+#: Largest executed notebook, in bytes of JSON, that the summary embeds as a download link.
+MAX_NOTEBOOK_LINK_BYTES = 5 * 1024 * 1024
+#: Maximum length of a cell's source line and output excerpt in a notebook summary, in characters.
+MAX_CELL_OUTPUT_CHARS = 120
 
 #: Status shown for a job whose data is no longer in Redis.
 MISSING_STATUS = "missing"
@@ -73,6 +79,7 @@ def job_html(job: Job) -> str:
             ("Worker", job.worker_name),
             ("Timeout", _format_timeout(job.timeout)),
         ]
+    rows += provenance_rows(job)
     table_rows = "".join(
         f'<tr><th style="text-align:left;padding-right:1em">{label}</th>'
         f'<td style="text-align:left">{html.escape(str(value))}</td></tr>'
@@ -84,9 +91,90 @@ def job_html(job: Job) -> str:
         '<div class="nbqueue-job" style="border:1px solid #ccc;border-radius:4px;padding:6px 10px">'
         f"<div>{header}</div>"
         f'<table style="margin:4px 0">{table_rows}</table>'
-        f"{_result_html(state)}"
+        f"{notebook_summary_html(job) if _is_notebook_result(job, state) else _result_html(state)}"
         "</div>"
     )
+
+
+def provenance_rows(job: Job) -> list[tuple[str, str | None]]:
+    """Return the (label, value) rows of the job's provenance, with None for a value that is unknown."""
+    source_hash = job.cell_source_hash
+    return [
+        ("Notebook", job.notebook_path),
+        ("Cell id", job.cell_id),
+        ("Cell source", source_hash[: len("sha256:") + 12] if source_hash else None),
+    ]
+
+
+def notebook_summary_html(job: Job) -> str:
+    """Render a notebook job's executed notebook: a download link and one row per code cell.
+
+    Each row gives the cell's index, its first line, its run time and an excerpt of its outputs. A notebook
+    over ``MAX_NOTEBOOK_LINK_BYTES`` gets the ``nbqueue fetch`` command in place of the link.
+    """
+    try:
+        notebook = job.executed_notebook()
+    except (NbqueueError, redis.RedisError) as exc:
+        return f'<div style="color:#757575">The executed notebook could not be read: {html.escape(str(exc))}</div>'
+    if notebook is None:
+        return '<div style="color:#757575">No executed notebook yet.</div>'
+
+    text = json.dumps(notebook, ensure_ascii=False)
+    if len(text.encode()) <= MAX_NOTEBOOK_LINK_BYTES:
+        encoded = base64.b64encode(text.encode()).decode()
+        link = (
+            f'<a download="{html.escape(job.id)}.ipynb" href="data:application/x-ipynb+json;base64,{encoded}">'
+            "Download the executed notebook</a>"
+        )
+    else:
+        link = f"Executed notebook: <code>nbqueue fetch {html.escape(job.id)} -o OUT.ipynb</code>"
+    rows = []
+    for index, cell in enumerate(notebook.get("cells", [])):
+        if cell.get("cell_type") != "code":
+            continue
+        duration = cell.get("metadata", {}).get("nbqueue", {}).get("duration_s")
+        rows.append(
+            f'<tr><td style="text-align:right">{index}</td>'
+            f"<td><code>{html.escape(_first_line(cell.get('source', '')))}</code></td>"
+            f'<td style="text-align:right">{"" if duration is None else f"{duration:.2f} s"}</td>'
+            f"<td><code>{html.escape(_outputs_excerpt(cell.get('outputs', [])))}</code></td></tr>"
+        )
+    return (
+        f"<div>{link}</div>"
+        '<table style="margin:4px 0"><tr><th>cell</th><th style="text-align:left">source</th><th>time</th>'
+        f'<th style="text-align:left">output</th></tr>{"".join(rows)}</table>'
+    )
+
+
+def _is_notebook_result(job: Job, state: _JobState) -> bool:
+    return (
+        state.problem is None
+        and state.result is not None
+        and state.result.type.name in ("SUCCESSFUL", "FAILED")
+        and job.is_notebook_job
+    )
+
+
+def _first_line(source: str | list[str]) -> str:
+    text = "".join(source) if isinstance(source, list) else source
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")[:MAX_CELL_OUTPUT_CHARS]
+
+
+def _outputs_excerpt(outputs: list[dict]) -> str:
+    """Summarize a cell's outputs in one line: its error, else its text, else the mime types it shows."""
+    parts = []
+    for output in outputs:
+        kind = output.get("output_type")
+        if kind == "error":
+            return f"{output.get('ename')}: {output.get('evalue')}"[:MAX_CELL_OUTPUT_CHARS]
+        if kind == "stream":
+            parts.append("".join(output.get("text", "")))
+        elif kind in ("execute_result", "display_data"):
+            data = output.get("data", {})
+            plain = data.get("text/plain")
+            parts.append("".join(plain) if plain is not None else f"[{', '.join(sorted(data))}]")
+    text = " ".join(" ".join(parts).split())
+    return text if len(text) <= MAX_CELL_OUTPUT_CHARS else text[: MAX_CELL_OUTPUT_CHARS - 3] + "..."
 
 
 def status_colour(status: str) -> str:

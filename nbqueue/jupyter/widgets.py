@@ -21,7 +21,7 @@ from traitlets import Dict, List, Unicode
 
 from nbqueue.errors import NbqueueError
 from nbqueue.job import Job
-from nbqueue.jupyter.html import _last_line, _return_value_repr, status_colour
+from nbqueue.jupyter.html import _last_line, _return_value_repr, notebook_summary_html, provenance_rows, status_colour
 from nbqueue.jupyter.refresher import FINAL_STATUSES, get_refresher
 from nbqueue.results import MAX_RESULTS, Result, decode_entries
 
@@ -62,6 +62,8 @@ class JobWidget(ipywidgets.VBox):
         self.progress_label = ipywidgets.Label()
         self.output = ipywidgets.Output(layout={"max_height": "24em", "overflow": "auto"})
         self.history_html = ipywidgets.HTML()
+        self.notebook_html = ipywidgets.HTML()
+        self._notebook_shown_for: str | None = None
         self.stop_button = ipywidgets.Button(description="Stop", icon="stop", disabled=True,
                                              tooltip="Kill the running job on its worker")
         self.requeue_button = ipywidgets.Button(description="Requeue", icon="redo", disabled=True,
@@ -72,6 +74,7 @@ class JobWidget(ipywidgets.VBox):
         for child, name in (
             (self.status_html, "status"), (self.details_html, "details"), (self.progress, "progress"),
             (self.output, "output"), (self.history_html, "history"), (self.message_html, "message"),
+            (self.notebook_html, "notebook"),
         ):
             child.add_class(f"nbqueue-{name}")
 
@@ -85,6 +88,7 @@ class JobWidget(ipywidgets.VBox):
                 self.details_html,
                 ipywidgets.HBox([self.progress, self.progress_label]),
                 self.output,
+                self.notebook_html,
                 self.history_html,
                 ipywidgets.HBox([self.stop_button, self.requeue_button, self.cancel_button, self.message_html]),
             ],
@@ -115,6 +119,7 @@ class JobWidget(ipywidgets.VBox):
         self.status_html.value = self._status_html(status)
         self.details_html.value = self._details_html(status)
         self._show_progress(status)
+        self._show_notebook(status, results)
         self.status = status
 
     def tick_clock(self) -> None:
@@ -186,7 +191,17 @@ class JobWidget(ipywidgets.VBox):
             parts.append(f"{'ran' if status in FINAL_STATUSES else 'running'} for {html.escape(self.elapsed)}")
         if status == MISSING_STATUS:
             parts.append("the job is not in Redis: it was deleted, it expired, or its result_ttl is 0")
+        parts += [f"{label.lower()} <code>{html.escape(value)}</code>" for label, value in provenance_rows(self.job) if value]
         return f'<span style="color:#616161">{" · ".join(parts)}</span>'
+
+    def _show_notebook(self, status: str, results: list) -> None:
+        """Show a notebook job's executed notebook once it has ended, again after each new result."""
+        if status not in ("finished", "failed") or not self.job.is_notebook_job:
+            return
+        if self._notebook_shown_for == status and not results:
+            return
+        self._notebook_shown_for = status
+        self.notebook_html.value = notebook_summary_html(self.job)
 
     def _show_progress(self, status: str) -> None:
         fields = self._fields
