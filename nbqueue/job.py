@@ -15,6 +15,7 @@ import redis
 from nbqueue import keys, serialization
 from nbqueue.connection import blocking_client, connect
 from nbqueue.errors import InvalidOptionError, NoSuchJobError
+from nbqueue.notebooks import EXECUTED_NOTEBOOK_FIELD, RUN_NOTEBOOK_FUNC
 from nbqueue.results import DISCARDED_MARKER, MAX_RESULTS, Result, decode_entries
 from nbqueue.scripts import scripts_for
 from nbqueue.settings import load_settings
@@ -48,6 +49,7 @@ FIELDS = (
     "status", "queue", "worker", "func", "description", "created_at", "enqueued_at", "started_at", "ended_at",
     "timeout", "result_ttl", "failure_ttl", "ttl", "meta", "retries_left", "execution", "tags",
     "progress_done", "progress_total", "progress_message", "progress_at",
+    "notebook_path", "cell_id", "cell_source_hash",
 )
 
 
@@ -173,6 +175,46 @@ class Job:
         return int(value) if value is not None else None
 
     @property
+    def notebook_path(self) -> str | None:
+        """Path of the notebook the job was enqueued from (``JPY_SESSION_NAME``), or None."""
+        return self._text("notebook_path")
+
+    @property
+    def cell_id(self) -> str | None:
+        """Id of the notebook cell the job was enqueued from, when the front end sent it; else None."""
+        return self._text("cell_id")
+
+    @property
+    def cell_source_hash(self) -> str | None:
+        """``sha256:`` and the hex digest of the source of the cell the job was enqueued from, or None."""
+        return self._text("cell_source_hash")
+
+    @property
+    def is_notebook_job(self) -> bool:
+        """True for a job created by :meth:`Queue.enqueue_notebook`."""
+        return self.func_name == RUN_NOTEBOOK_FUNC
+
+    def executed_notebook(self) -> Any:
+        """Return a notebook job's executed notebook, or None while there is none.
+
+        After a SUCCESSFUL run this is the return value. After a cell failed it is the notebook as far as
+        it ran, kept in the job's hash until the job expires. It is an nbformat NotebookNode when nbformat
+        is installed, else a dict of the notebook's JSON.
+        """
+        result = self.latest_result()
+        if result is not None and result.type == Result.Type.SUCCESSFUL:
+            return result.return_value
+        raw = self.connection.hget(keys.job(self.id), EXECUTED_NOTEBOOK_FIELD)
+        if raw is None:
+            return None
+        notebook = json.loads(raw)
+        try:
+            import nbformat
+        except ImportError:
+            return notebook
+        return nbformat.from_dict(notebook)
+
+    @property
     def tags(self) -> list[str]:
         """Tags to find the job by; jobs enqueued from a notebook carry the notebook's tag."""
         raw = self._fields.get("tags")
@@ -274,13 +316,17 @@ class Job:
         yet. The wait returns None as soon as the job is gone, including a job run with ``result_ttl=0``.
         """
         if timeout is None or timeout == 0:
-            return self._newest(self.connection.xrevrange(keys.results(self.id), count=1))
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-            raise InvalidOptionError(f"timeout={timeout!r} is invalid: give a number of seconds >= 0")
-        from nbqueue.feedback import wait_feedback
+            result = self._newest(self.connection.xrevrange(keys.results(self.id), count=1))
+        else:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+                raise InvalidOptionError(f"timeout={timeout!r} is invalid: give a number of seconds >= 0")
+            from nbqueue.feedback import wait_feedback
 
-        with wait_feedback([self], float(timeout)):
-            return self._wait_for_result(float(timeout))
+            with wait_feedback([self], float(timeout)):
+                result = self._wait_for_result(float(timeout))
+        # return_value() reuses it, so a large value is not downloaded twice.
+        self._cached_result = result
+        return result
 
     def _newest(self, entries: list) -> Result | None:
         results = decode_entries(self.id, entries)
@@ -296,7 +342,9 @@ class Job:
         deadline = time.monotonic() + timeout_s
         waiter = blocking_client(self.connection, WAIT_CHUNK_S + WAIT_GRACE_S)
         results_key, job_key = keys.results(self.id), keys.job(self.id)
-        first = True
+        # A job this handle has loaded or created is known to exist, so the first read may block at once;
+        # otherwise the first round only looks, so a result or a missing job returns without blocking.
+        first = not self._fields
         delay_s = 0.05
         while True:
             remaining_s = deadline - time.monotonic()
@@ -305,7 +353,6 @@ class Job:
             pipe.xrevrange(results_key, count=1)
             pipe.exists(job_key)
             if not first:
-                # The first round only looks, so a result or a missing job returns without blocking.
                 pipe.xread({results_key: "0-0"}, count=1, block=block_ms)
             try:
                 newest, job_exists, *_ = pipe.execute()

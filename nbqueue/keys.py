@@ -76,5 +76,7 @@ def worker_commands(name: str) -> str:
     return f"{PREFIX}worker:{name}:commands"
 
 
-#: String naming the worker that moves due scheduled jobs, expiring unless renewed.
+#: String naming the worker moving due scheduled jobs right now; it expires within seconds.
 SCHEDULER_LOCK = PREFIX + "scheduler-lock"
+#: List that enqueue_at() and enqueue_in() push to, waking a worker to look at the scheduled registries.
+SCHEDULER_WAKE = PREFIX + "scheduler-wake"

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import reprlib
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -24,6 +26,7 @@ from nbqueue.durations import (
 )
 from nbqueue.errors import InvalidOptionError
 from nbqueue.job import Job, JobStatus, validate_job_id
+from nbqueue.provenance import collect_provenance
 from nbqueue.registry import (
     CanceledJobRegistry,
     FailedJobRegistry,
@@ -33,7 +36,8 @@ from nbqueue.registry import (
 )
 from nbqueue.retry import Retry
 from nbqueue.session import session_tag
-from nbqueue.settings import load_settings
+from nbqueue.settings import Settings, load_settings
+from nbqueue.wire import execute_packed, pack_command
 from nbqueue.waiting import wait
 
 #: Keyword arguments of ``enqueue`` that are options, not arguments of the function.
@@ -127,31 +131,78 @@ class Queue:
         options = {name: kwargs.pop(name) for name in list(kwargs) if name in ENQUEUE_OPTIONS}
         return self.enqueue_many([self.prepare_data(f, args, kwargs, **options)], scheduled_at=time.time() + seconds)[0]
 
+    def enqueue_notebook(
+        self,
+        path: str | os.PathLike[str],
+        parameters: dict[str, Any] | None = None,
+        kernel_name: str | None = None,
+        cwd: str | os.PathLike[str] | None = None,
+        **options: Any,
+    ) -> Job:
+        """Create a job that executes the notebook at ``path`` on a worker, with nbclient.
+
+        The notebook is read now and travels in the payload. ``parameters`` are assigned in a new cell after
+        the cell tagged ``parameters``, or at the top without one; values must be Python literals.
+        ``kernel_name`` defaults to the notebook's kernelspec. The kernel runs in ``cwd`` (default: the
+        notebook's folder) when that folder exists on the worker. ``options`` are those of :meth:`enqueue`;
+        ``job_timeout`` also stops the kernel and the processes it started.
+
+        The job's return value is the executed notebook; a failing cell records FAILED, and
+        :meth:`Job.executed_notebook` returns the notebook as far as it ran.
+        """
+        from nbqueue.notebooks import notebook_description, read_notebook, run_notebook, validate_parameters
+
+        notebook = read_notebook(path)
+        checked = validate_parameters(parameters)
+        folder = os.path.abspath(cwd if cwd is not None else os.path.dirname(os.path.abspath(path)))
+        options.setdefault("description", notebook_description(path, checked))
+        call_kwargs = {"notebook": notebook, "parameters": checked, "kernel_name": kernel_name, "cwd": folder}
+        return self.enqueue_call(run_notebook, kwargs=call_kwargs, **options)
+
     def enqueue_many(self, job_datas: Iterable[EnqueueData], *, scheduled_at: float | None = None) -> list[Job]:
         """Create several jobs in one round trip. Every call is checked and pickled before anything is written."""
         settings = load_settings()
-        prepared = [self._build(data, settings) for data in job_datas]
-        pipe = self.connection.pipeline(transaction=False)
+        datas = list(job_datas)
+        payloads = _pickle_calls(datas, settings)
+        prepared = [self._build(data, settings, payload) for data, payload in zip(datas, payloads)]
+
+        # Every job hash is written before any id reaches the queue, so a worker never takes an id
+        # whose job it cannot read. Commands are packed by hand: redis-py's pipeline costs more CPU
+        # than the round trip here.
+        commands: list[list[Any]] = []
         if not self._registered:
-            pipe.sadd(keys.QUEUES, self.name)
+            commands.append(pack_command("SADD", keys.QUEUES, self.name))
         now = time.time()
+        front: list[str] = []
+        back: list[str] = []
         for job_id, fields, ttl, at_front in prepared:
             job_key = keys.job(job_id)
-            for tag in json.loads(fields.get("tags", "[]")):
-                pipe.zadd(keys.tag(tag), {job_id: now})
-                pipe.expire(keys.tag(tag), TAG_INDEX_TTL_S)
             if scheduled_at is not None:
                 fields["status"] = JobStatus.SCHEDULED.value
-            pipe.hset(job_key, mapping=fields)
+            commands.append(pack_command("HSET", job_key, *[item for pair in fields.items() for item in pair]))
             if ttl is not None and ttl > 0:
-                pipe.expire(job_key, ttl)
+                commands.append(pack_command("EXPIRE", job_key, ttl))
+            for tag in json.loads(fields.get("tags", "[]")):
+                commands.append(pack_command("ZADD", keys.tag(tag), now, job_id))
+                commands.append(pack_command("EXPIRE", keys.tag(tag), TAG_INDEX_TTL_S))
             if scheduled_at is not None:
-                pipe.zadd(keys.scheduled(self.name), {job_id: scheduled_at})
+                commands.append(pack_command("ZADD", keys.scheduled(self.name), scheduled_at, job_id))
             elif at_front:
-                pipe.lpush(self.key, job_id)
+                front.append(job_id)
             else:
-                pipe.rpush(self.key, job_id)
-        pipe.execute()
+                back.append(job_id)
+        if front:
+            # LPUSH puts its last argument first: reversed, the jobs keep their order at the head.
+            commands.append(pack_command("LPUSH", self.key, *reversed(front)))
+        if back:
+            commands.append(pack_command("RPUSH", self.key, *back))
+        if scheduled_at is not None:
+            # Wakes one idle worker to move the jobs when they are due; LTRIM keeps the list short.
+            commands.append(pack_command("LPUSH", keys.SCHEDULER_WAKE, "1"))
+            commands.append(pack_command("LTRIM", keys.SCHEDULER_WAKE, 0, 0))
+        for reply in execute_packed(self.connection, commands, len(commands)):
+            if isinstance(reply, redis.ResponseError):
+                raise reply
         self._registered = True
         jobs = []
         for job_id, fields, _, _ in prepared:
@@ -174,7 +225,7 @@ class Queue:
         jobs = self.enqueue_many([self.prepare_data(f, (item,), None, **options) for item in iterable])
         return wait(jobs, timeout)
 
-    def _build(self, data: EnqueueData, settings) -> tuple[str, dict[str, Any], int | None, bool]:
+    def _build(self, data: EnqueueData, settings, payload: bytes) -> tuple[str, dict[str, Any], int | None, bool]:
         options = data.options
         job_id = validate_job_id(options["job_id"]) if options.get("job_id") is not None else uuid.uuid4().hex
         timeout = parse_job_timeout(options.get("job_timeout"))
@@ -190,14 +241,6 @@ class Queue:
         if meta is not None and not isinstance(meta, dict):
             raise InvalidOptionError(f"meta={meta!r} is invalid: pass a dict")
         func = data.func
-        if not callable(func) and not (isinstance(func, str) and "." in func):
-            raise InvalidOptionError(
-                f"{func!r} is not callable: pass a function, or its import path as a 'module.function' string"
-            )
-
-        payload = serialization.dumps_call(
-            func, data.args, data.kwargs, max_bytes=settings.max_payload_bytes, secret_key=settings.secret_key
-        )
         func_name = func if isinstance(func, str) else _qualified_name(func)
         now = repr(time.time())
         fields: dict[str, Any] = {
@@ -223,6 +266,7 @@ class Queue:
             tags.append(session)
         if tags:
             fields["tags"] = json.dumps(tags)
+        fields.update(collect_provenance(settings))
         if meta:
             fields["meta"] = serialization.dumps(
                 meta, max_bytes=settings.max_payload_bytes, secret_key=settings.secret_key, what="job meta"
@@ -293,6 +337,28 @@ class Queue:
         return f"Queue({self.name!r})"
 
 
+def _pickle_calls(datas: list[EnqueueData], settings: Settings) -> list[bytes]:
+    """Pickle each call, pickling a function once for a run of calls to the same function."""
+    for data in datas:
+        func = data.func
+        if not callable(func) and not (isinstance(func, str) and "." in func):
+            raise InvalidOptionError(
+                f"{func!r} is not callable: pass a function, or its import path as a 'module.function' string"
+            )
+    payloads: list[bytes] = []
+    start = 0
+    while start < len(datas):
+        end = start + 1
+        while end < len(datas) and datas[end].func is datas[start].func:
+            end += 1
+        payloads += serialization.dumps_calls(
+            datas[start].func, [(data.args, data.kwargs) for data in datas[start:end]],
+            max_bytes=settings.max_payload_bytes, secret_key=settings.secret_key,
+        )
+        start = end
+    return payloads
+
+
 def _validate_tags(tags: object) -> list[str]:
     if tags is None:
         return []
@@ -315,9 +381,16 @@ def _describe_call(func_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
     return f"{func_name}({', '.join(parts)})"
 
 
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 60
+
+
 def _short_repr(value: Any, limit: int = 60) -> str:
+    # Large text and binary values are cut before repr(), which would otherwise copy all of them.
+    if isinstance(value, (bytes, bytearray, str)) and len(value) > limit:
+        value = value[:limit]
     try:
-        text = repr(value)
+        text = _REPR.repr(value)
     except Exception:
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."

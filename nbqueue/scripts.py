@@ -191,34 +191,45 @@ end
 return values[1]
 """
 
-# Move due jobs from scheduled registries to their queues, if this worker holds the scheduler lock.
+# Move due jobs from scheduled registries to their queues. A short lock (SET NX PX) lets one worker move
+# them at a time: a worker that finds it held by another returns at once and tries again when it lapses.
 # KEYS: the lock key. ARGV: prefix, lock owner, lock ttl (ms), now, max jobs per queue, queue names...
-# Returns {moved, earliest}: the number of jobs moved, and the earliest remaining due time ('' if none
-# or if another worker holds the lock).
+# Returns {moved, earliest, retry_ms}: the number of jobs moved, the earliest remaining due time ('' if
+# none), and, when another worker held the lock, the milliseconds until it lapses (else 0).
 ENQUEUE_DUE = """
-local prefix, owner, lock_ms, now, limit = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= owner then return {0, ''} end
-redis.call('SET', KEYS[1], owner, 'PX', lock_ms)
+local prefix, owner, lock_ms, now, limit = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+if not redis.call('SET', KEYS[1], owner, 'NX', 'PX', lock_ms) and redis.call('GET', KEYS[1]) ~= owner then
+  return {0, '', redis.call('PTTL', KEYS[1])}
+end
 local moved, earliest = 0, nil
 for i = 6, #ARGV do
   local q = ARGV[i]
   local skey = prefix .. 'scheduled:' .. q
-  local due = redis.call('ZRANGEBYSCORE', skey, '-inf', now, 'LIMIT', 0, limit)
-  for _, id in ipairs(due) do
-    redis.call('ZREM', skey, id)
-    local jk = prefix .. 'job:' .. id
-    if redis.call('HGET', jk, 'status') == 'scheduled' then
-      redis.call('HSET', jk, 'status', 'queued', 'enqueued_at', now)
-      redis.call('RPUSH', prefix .. 'queue:' .. q, id)
-      moved = moved + 1
+  local first = redis.call('ZRANGE', skey, '-inf', '+inf', 'BYSCORE', 'LIMIT', 0, limit + 1, 'WITHSCORES')
+  local due = {}
+  for k = 1, #first, 2 do
+    local score = tonumber(first[k + 1])
+    if score <= now and #due < limit then
+      table.insert(due, first[k])
+    elseif earliest == nil or score < earliest then
+      earliest = score
     end
   end
-  local first = redis.call('ZRANGE', skey, 0, 0, 'WITHSCORES')
-  if first[2] and (earliest == nil or tonumber(first[2]) < earliest) then earliest = tonumber(first[2]) end
+  if #due > 0 then
+    redis.call('ZREM', skey, unpack(due))
+    for _, id in ipairs(due) do
+      local jk = prefix .. 'job:' .. id
+      if redis.call('HGET', jk, 'status') == 'scheduled' then
+        redis.call('HSET', jk, 'status', 'queued', 'enqueued_at', ARGV[4])
+        redis.call('RPUSH', prefix .. 'queue:' .. q, id)
+        moved = moved + 1
+      end
+    end
+  end
 end
-if earliest == nil then return {moved, ''} end
-return {moved, tostring(earliest)}
+redis.call('DEL', KEYS[1])
+if earliest == nil then return {moved, '', 0} end
+return {moved, tostring(earliest), 0}
 """
 
 # Cancel a queued or scheduled job. KEYS: job hash, queue list, scheduled registry, canceled registry,

@@ -2,24 +2,26 @@
 
 Layout: ``b"NBQ1"``, a 4-byte big-endian header length, a JSON header, then the pickle. The header records
 the Python and cloudpickle versions that wrote the pickle and, when ``NBQUEUE_SECRET_KEY`` is set, an
-HMAC-SHA256 of the pickle, so that a reader can refuse a payload before unpickling it.
+HMAC-SHA256 of the pickle, so that a reader can refuse a payload before unpickling it. A job payload's
+header also records, under ``modules``, the installed distributions that the pickle imports, with their
+versions (see :mod:`nbqueue.environment`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import io
 import json
 import os
 import pickle
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import cloudpickle
 
+from nbqueue import environment
 from nbqueue.errors import DeserializationError, PayloadTooLargeError, SerializationError
 
 MAGIC = b"NBQ1"
@@ -47,21 +49,74 @@ def dumps_call(
     secret_key: bytes | None,
 ) -> bytes:
     """Pickle a call; on failure, name the function or argument that cannot be pickled."""
+    return dumps_calls(func, [(args, kwargs)], max_bytes=max_bytes, secret_key=secret_key)[0]
+
+
+def dumps_calls(
+    func: Callable[..., Any],
+    calls: Sequence[tuple[tuple[Any, ...], dict[str, Any]]],
+    *,
+    max_bytes: int,
+    secret_key: bytes | None,
+) -> list[bytes]:
+    """Pickle several calls of one function, pickling the function once.
+
+    The body of each envelope is the function's pickle followed by the pickle of ``(args, kwargs)``; the
+    header's ``func`` field gives the length of the first part.
+    """
     register_local_modules()
     try:
-        body = cloudpickle.dumps((func, args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        func_body = cloudpickle.dumps(func, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
-        culprit = _find_unpicklable(func, args, kwargs)
         raise SerializationError(
-            f"Cannot pickle {culprit} for the job: {type(exc).__name__}: {exc}. "
-            "Pass a picklable value, or create the object inside the job function."
+            f"Cannot pickle the function {getattr(func, '__qualname__', func)!r} for the job: "
+            f"{type(exc).__name__}: {exc}. Define it at the top level of a cell or module."
         ) from exc
-    return _wrap(body, max_bytes=max_bytes, secret_key=secret_key, what="job payload")
+    payloads = []
+    for args, kwargs in calls:
+        try:
+            call_body = cloudpickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception as exc:
+            culprit = _find_unpicklable(func, args, kwargs)
+            raise SerializationError(
+                f"Cannot pickle {culprit} for the job: {type(exc).__name__}: {exc}. "
+                "Pass a picklable value, or create the object inside the job function."
+            ) from exc
+        payloads.append(
+            _wrap([func_body, call_body], max_bytes=max_bytes, secret_key=secret_key, what="job payload",
+                  extra={"func": len(func_body), "modules": environment.describe_imports(func_body, call_body)})
+        )
+    return payloads
+
+
+def loads_call(data: bytes, *, secret_key: bytes | None, what: str = "payload") -> tuple[Any, tuple, dict]:
+    """Unpickle a call written by :func:`dumps_calls`: return ``(func, args, kwargs)``."""
+    header, body = read_envelope(data, secret_key=secret_key, what=what)
+    return unpickle_call(header, body, what=what)
+
+
+def unpickle_call(header: dict[str, Any], body: memoryview, *, what: str = "payload") -> tuple[Any, tuple, dict]:
+    """Unpickle the call in an envelope that :func:`read_envelope` has checked."""
+    try:
+        func_length = header.get("func")
+        if isinstance(func_length, int):
+            func = pickle.loads(body[:func_length])
+            args, kwargs = pickle.loads(body[func_length:])
+        else:
+            func, args, kwargs = pickle.loads(body)
+    except Exception as exc:
+        raise DeserializationError(f"Cannot unpickle the {what}: {type(exc).__name__}: {exc}") from exc
+    return func, args, kwargs
 
 
 def loads(data: bytes, *, secret_key: bytes | None, what: str = "payload") -> Any:
     """Unpickle an envelope after checking its format, versions and signature."""
-    header, body = read_envelope(data, secret_key=secret_key, what=what)
+    _, body = read_envelope(data, secret_key=secret_key, what=what)
+    return unpickle(body, what=what)
+
+
+def unpickle(body: bytes | memoryview, *, what: str = "payload") -> Any:
+    """Unpickle the pickle of an envelope that :func:`read_envelope` has checked."""
     try:
         return pickle.loads(body)
     except Exception as exc:
@@ -89,23 +144,30 @@ def read_envelope(data: bytes, *, secret_key: bytes | None, what: str = "payload
     return header, body
 
 
-def _wrap(body: bytes, *, max_bytes: int, secret_key: bytes | None, what: str) -> bytes:
-    header: dict[str, Any] = {"python": PYTHON_VERSION, "cloudpickle": CLOUDPICKLE_VERSION}
+def _wrap(
+    parts: bytes | list[bytes],
+    *,
+    max_bytes: int,
+    secret_key: bytes | None,
+    what: str,
+    extra: dict[str, Any] | None = None,
+) -> bytes:
+    """Join the magic, header and body parts into one envelope, copying the body once."""
+    body_parts = [parts] if isinstance(parts, bytes) else parts
+    header: dict[str, Any] = {"python": PYTHON_VERSION, "cloudpickle": CLOUDPICKLE_VERSION, **(extra or {})}
     if secret_key is not None:
-        header["hmac"] = hmac.new(secret_key, body, hashlib.sha256).hexdigest()
+        signature = hmac.new(secret_key, digestmod=hashlib.sha256)
+        for part in body_parts:
+            signature.update(part)
+        header["hmac"] = signature.hexdigest()
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
-    size = len(MAGIC) + _HEADER_LENGTH.size + len(header_bytes) + len(body)
+    size = len(MAGIC) + _HEADER_LENGTH.size + len(header_bytes) + sum(len(part) for part in body_parts)
     if size > max_bytes:
         raise PayloadTooLargeError(
             f"The {what} is {size:,} bytes, over the limit of {max_bytes:,} bytes: pass a smaller value "
             "(for example a file path the worker can read) or raise NBQUEUE_MAX_PAYLOAD_BYTES"
         )
-    out = io.BytesIO()
-    out.write(MAGIC)
-    out.write(_HEADER_LENGTH.pack(len(header_bytes)))
-    out.write(header_bytes)
-    out.write(body)
-    return out.getvalue()
+    return b"".join((MAGIC, _HEADER_LENGTH.pack(len(header_bytes)), header_bytes, *body_parts))
 
 
 def _check_versions(header: dict[str, Any], what: str) -> None:
@@ -171,9 +233,7 @@ def register_local_modules() -> None:
     if _module_is_local.keys() >= sys.modules.keys():
         return
     if _installed_top_levels is None:
-        from importlib.metadata import packages_distributions
-
-        _installed_top_levels = set(packages_distributions())
+        _installed_top_levels = set(environment.distributions_by_module())
     cwd = os.path.realpath(os.getcwd()) + os.sep
     prefixes = tuple({os.path.realpath(p) + os.sep for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)})
     for name, module in list(sys.modules.items()):

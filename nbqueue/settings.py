@@ -42,9 +42,28 @@ class Settings:
     """``JPY_SESSION_NAME``: the notebook's path, which Jupyter Server 2 sets in its kernels' environment."""
 
 
+_VARIABLES = (
+    "NBQUEUE_REDIS_URL", "NBQUEUE_HOME", "NBQUEUE_REDIS_SERVER", "NBQUEUE_MAX_PAYLOAD_BYTES", "NBQUEUE_SECRET_KEY",
+    "JPY_SESSION_NAME",
+)
+# The settings last read from the process environment, with the values they were read from.
+_cached: tuple[tuple[str | None, ...], Settings] | None = None
+
+
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
-    """Read the settings from ``environ`` (default: the process environment)."""
-    env = os.environ if environ is None else environ
+    """Read the settings from ``environ`` (default: the process environment, read again when it changed)."""
+    global _cached
+    if environ is None:
+        snapshot = tuple(os.environ.get(name) for name in _VARIABLES)
+        if _cached is not None and _cached[0] == snapshot:
+            return _cached[1]
+        settings = _read_settings(os.environ)
+        _cached = (snapshot, settings)
+        return settings
+    return _read_settings(environ)
+
+
+def _read_settings(env: Mapping[str, str]) -> Settings:
     home = env.get("NBQUEUE_HOME") or platformdirs.user_data_dir("nbqueue", appauthor=False)
     secret = env.get("NBQUEUE_SECRET_KEY")
     return Settings(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -19,6 +20,15 @@ import pytest
 import redis
 
 from servers import RedisServer, find_redis_server_binary
+
+
+def pytest_configure(config) -> None:
+    # Every kernel the tests start through jupyter_client leaves a zmq context open, about 20 descriptors
+    # each; a full run needs more than the common soft limit of 1024.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = 16384 if hard == resource.RLIM_INFINITY else min(hard, 16384)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
 @pytest.fixture(scope="session")

@@ -294,6 +294,8 @@ def test_cold_shutdown_retries_job_with_retries_left(start_worker, connection, t
     job = queue.enqueue(fault_jobs.long_first_run, str(tmp_path / "marker"), 30, retry=Retry(max=1))
     worker = start_worker("--name", "coldretry", "coldretryq")
     wait_until_running(job, worker)
+    # The start is logged when the job reaches its work horse; the marker shows the first run began.
+    wait_until(lambda: (tmp_path / "marker").exists(), 10, "the first run to create its marker")
 
     worker.signal(signal.SIGINT)
     worker.wait_for_log(r"Worker coldretry received SIGINT: warm shutdown")
@@ -360,6 +362,7 @@ def test_abandoned_jobs_failed_or_retried(start_worker, connection, tmp_path):
     worker_a = start_worker("--name", "doomed", "--concurrency", "2", "abandonq")
     wait_until_running(plain, worker_a)
     wait_until_running(retried, worker_a)
+    wait_until(lambda: (tmp_path / "marker").exists(), 10, "the first run to create its marker")
 
     worker_a.kill()
     killed_at = time.monotonic()

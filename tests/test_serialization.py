@@ -65,7 +65,7 @@ def test_envelope_header_records_versions():
 def test_envelope_call_round_trip():
     data = serialization.dumps_call(add, (1,), {"b": 2}, max_bytes=MAX_BYTES, secret_key=None)
 
-    func, args, kwargs = serialization.loads(data, secret_key=None)
+    func, args, kwargs = serialization.loads_call(data, secret_key=None)
 
     assert func(*args, **kwargs) == 3
     assert args == (1,)

@@ -235,11 +235,13 @@ def run_in_terminal(
     os.close(slave)
     output = b""
     interrupted_at = None
+    poller = select.poll()
+    poller.register(master, select.POLLIN)
     deadline = time.monotonic() + 40
     try:
         while time.monotonic() < deadline:
-            readable, _, _ = select.select([master], [], [], 0.1)
-            if readable:
+            # poll(), unlike select(), accepts descriptor numbers above 1023, which a long test run reaches.
+            if poller.poll(100):
                 try:
                     chunk = os.read(master, 4096)
                 except OSError:  # EIO: every process holding the terminal closed it

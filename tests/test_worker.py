@@ -18,6 +18,7 @@ import redis
 
 import jobs
 from servers import find_redis_server_binary, free_port
+from nbqueue.worker.supervisor import QUEUE_WAIT_S
 from nbqueue import Job, JobStatus, Queue, Result, __version__, keys
 
 pytestmark = pytest.mark.timeout(60)
@@ -479,10 +480,10 @@ def test_idle_worker_starts_job_after_its_wait_renews(start_worker, connection):
     wait_until(lambda: worker_is_blocked_on_queue(connection), 5, "the worker to block on its queue")
     calls_before = connection.info("commandstats").get("cmdstat_blmove", {}).get("calls", 0)
 
-    # The worker's blocking wait on a queue lasts 5 seconds; wait until it has timed out and been sent again.
+    # The worker's blocking wait on a queue lasts QUEUE_WAIT_S; wait until it has timed out and been sent again.
     wait_until(
         lambda: connection.info("commandstats").get("cmdstat_blmove", {}).get("calls", 0) > calls_before,
-        10,
+        QUEUE_WAIT_S + 5,
         "the worker to renew its queue wait",
     )
     wait_until(lambda: worker_is_blocked_on_queue(connection), 5, "the worker to block on its queue again")

@@ -21,12 +21,12 @@ import logging
 import sys
 import threading
 import weakref
-from collections.abc import Iterable
 from typing import Any, Protocol
 
 import redis
 
 from nbqueue import keys
+from nbqueue.wire import execute_packed, pack_command
 
 log = logging.getLogger(__name__)
 
@@ -96,11 +96,11 @@ class _JobWatch:
         output_start = b"-" if self.output_cursor is None else b"(" + self.output_cursor
         result_end = b"-" if self.result_cursor is None else b"(" + self.result_cursor
         self.packed = b"".join((
-            pack_command(b"HMGET", keys.job(self.job_id).encode(), *_ENCODED_FIELDS),
-            pack_command(b"XRANGE", keys.output(self.job_id).encode(), output_start, b"+",
-                         b"COUNT", str(OUTPUT_BATCH).encode()),
-            pack_command(b"XREVRANGE", keys.results(self.job_id).encode(), b"+", result_end,
-                         b"COUNT", str(RESULTS_BATCH).encode()),
+            *pack_command(b"HMGET", keys.job(self.job_id).encode(), *_ENCODED_FIELDS),
+            *pack_command(b"XRANGE", keys.output(self.job_id).encode(), output_start, b"+",
+                          b"COUNT", str(OUTPUT_BATCH).encode()),
+            *pack_command(b"XREVRANGE", keys.results(self.job_id).encode(), b"+", result_end,
+                          b"COUNT", str(RESULTS_BATCH).encode()),
         ))
 
 
@@ -179,7 +179,7 @@ class Refresher:
         changed = False
         for group in by_connection.values():
             try:
-                replies = execute_packed(group[0].connection, [watch.packed for watch in group], 3 * len(group))
+                replies = execute_packed(group[0].connection, [[watch.packed] for watch in group], 3 * len(group))
             except redis.RedisError as exc:
                 log.warning("Refreshing %d job widgets failed: %s", len(group), exc)
                 continue
@@ -257,41 +257,6 @@ class Refresher:
 def _stream_entries(raw: list | None) -> list[tuple[bytes, dict[bytes, bytes]]]:
     """Turn raw XRANGE replies, ``[id, [field, value, ...]]``, into the (id, fields) pairs redis-py returns."""
     return [(entry_id, dict(zip(flat[::2], flat[1::2]))) for entry_id, flat in raw or ()]
-
-
-def pack_command(*args: bytes) -> bytes:
-    """Encode one command in the Redis protocol (RESP)."""
-    parts = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
-    return b"".join(parts)
-
-
-def execute_packed(client: redis.Redis, packed: Iterable[bytes], reply_count: int) -> list[Any]:
-    """Send packed commands in one write and return their ``reply_count`` replies, in order.
-
-    An error reply becomes its :class:`redis.ResponseError` in the list. A connection or timeout error is
-    raised after the connection is closed, since its replies can no longer be matched to commands.
-    """
-    pool = client.connection_pool
-    try:
-        connection = pool.get_connection()
-    except TypeError:  # redis-py before 5.3 requires a command name
-        connection = pool.get_connection("PIPELINE")
-    try:
-        connection.send_packed_command([b"".join(packed)])
-        replies: list[Any] = []
-        for _ in range(reply_count):
-            try:
-                replies.append(connection.read_response())
-            except redis.ResponseError as exc:
-                replies.append(exc)
-        return replies
-    except BaseException:
-        connection.disconnect()
-        raise
-    finally:
-        pool.release(connection)
 
 
 def in_kernel() -> bool:

@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from nbqueue import keys, serialization
+from nbqueue import environment, keys, serialization
 from nbqueue.context import _current_job
 from nbqueue.errors import DeserializationError, SerializationError
 from nbqueue.job import FIELDS, Job
@@ -65,6 +65,7 @@ def main(
     pool_kwargs: dict[str, Any],
     worker_name: str,
     settings: Settings,
+    strict_env: bool = False,
 ) -> None:
     """Run jobs sent by the supervisor until it sends None or the pipe closes."""
     supervisor_end.close()
@@ -75,7 +76,7 @@ def main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     connection = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool_class, **pool_kwargs))
-    runner = _Runner(connection, Scripts(connection), OutputCapture(connection), worker_name, settings)
+    runner = _Runner(connection, Scripts(connection), OutputCapture(connection), worker_name, settings, strict_env)
     display.install()
 
     waiting: collections.deque[Execution] = collections.deque()
@@ -108,7 +109,9 @@ def main(
             skipped.discard(execution.job_id)
             pipe.send(("skipped", execution.job_id))
             continue
-        pipe.send(("done", runner.run(execution)))
+        # With nothing else to run, the horse records the outcome itself, one hop sooner; otherwise the
+        # supervisor records outcomes in batches.
+        pipe.send(("done", runner.run(execution, record_now=not waiting)))
 
 
 def _die_with_parent() -> None:
@@ -129,50 +132,74 @@ class _Runner:
     """Runs one execution at a time with its output captured."""
 
     def __init__(
-        self, connection: redis.Redis, scripts: Scripts, capture: OutputCapture, worker_name: str, settings: Settings
+        self,
+        connection: redis.Redis,
+        scripts: Scripts,
+        capture: OutputCapture,
+        worker_name: str,
+        settings: Settings,
+        strict_env: bool = False,
     ):
         self.connection = connection
         self.scripts = scripts
         self.capture = capture
         self.worker_name = worker_name
         self.settings = settings
+        self.strict_env = strict_env
 
-    def run(self, execution: Execution) -> Report:
+    def run(self, execution: Execution, record_now: bool = False) -> Report:
+        """Run one job; record its outcome here when ``record_now`` or when its value is too large to pass on."""
         started_at = time.time()
-        payload = execution.payload
-        if payload is None:
-            payload = self.connection.hget(keys.job(execution.job_id), "payload")
-            if payload is None:
+        if execution.payload is None:
+            execution.payload = self.connection.hget(keys.job(execution.job_id), "payload")
+            if execution.payload is None:
                 return Report(execution.job_id, None, started_at, time.time(), False, False)
 
         self.capture.begin(execution.job_id)
         try:
-            outcome = self._execute(execution, payload)
+            outcome = self._execute(execution)
         finally:
             wrote_output = self.capture.end()
         ended_at = time.time()
 
-        if outcome.value_payload is not None and len(outcome.value_payload) > INLINE_LIMIT_BYTES:
-            record = Record(execution, outcome, self.worker_name, started_at, ended_at, wrote_output)
-            record_outcomes(self.connection, self.scripts, [record])
-            # The supervisor needs the outcome's type for its log, not the value.
-            outcome = Outcome(Result.Type.SUCCESSFUL)
-            return Report(execution.job_id, outcome, started_at, ended_at, wrote_output, True)
-        return Report(execution.job_id, outcome, started_at, ended_at, wrote_output, False)
+        large = outcome.value_payload is not None and len(outcome.value_payload) > INLINE_LIMIT_BYTES
+        if not (record_now or large):
+            return Report(execution.job_id, outcome, started_at, ended_at, wrote_output, False)
+        record = Record(execution, outcome, self.worker_name, started_at, ended_at, wrote_output)
+        record_outcomes(self.connection, self.scripts, [record])
+        # The supervisor needs the outcome for its log and retry timer, not the value.
+        summary = Outcome(outcome.type, exc_string=outcome.exc_string, retry_delay_s=outcome.retry_delay_s)
+        return Report(execution.job_id, summary, started_at, ended_at, wrote_output, True)
 
-    def _execute(self, execution: Execution, payload: bytes) -> Outcome:
+    def _execute(self, execution: Execution) -> Outcome:
         settings = self.settings
+        # Only this frame keeps the payload, so it is freed as soon as the call is unpickled.
+        payload, execution.payload = execution.payload, None
+        what = f"payload of job {execution.job_id!r}"
         try:
-            func, args, kwargs = serialization.loads(
-                payload, secret_key=settings.secret_key, what=f"payload of job {execution.job_id!r}"
-            )
+            header, body = serialization.read_envelope(payload, secret_key=settings.secret_key, what=what)
+        except DeserializationError as exc:
+            return Outcome(Result.Type.FAILED, exc_string=f"{DeserializationError.__module__}.DeserializationError: {exc}")
+
+        differences = environment.compare_imports(header.get("modules"))
+        if differences and self.strict_env:
+            return self._reject_environment(execution.job_id, differences)
+        if differences:
+            table = environment.format_table(differences, execution.job_id)
+            log.warning("Job %s runs with other distribution versions than its submitter's:\n%s", execution.job_id, table)
+            self.capture.write_stream("stderr", "Warning: " + table)
+
+        try:
+            func, args, kwargs = serialization.unpickle_call(header, body, what=what)
             if isinstance(func, str):
                 func = _import_function(func)
         except DeserializationError as exc:
-            return Outcome(Result.Type.FAILED, exc_string=f"{DeserializationError.__module__}.DeserializationError: {exc}")
+            text = f"{DeserializationError.__module__}.DeserializationError: {exc}"
+            return Outcome(Result.Type.FAILED, exc_string=text + self._missing_modules_note(execution.job_id, differences))
         except Exception as exc:
-            return Outcome(Result.Type.FAILED, exc_string=_format_exception(exc))
-        del payload
+            text = _format_exception(exc)
+            return Outcome(Result.Type.FAILED, exc_string=text + self._missing_modules_note(execution.job_id, differences))
+        del payload, body
 
         job = Job(execution.job_id, self.connection)
         job._set_fields([execution.fields.get(name) for name in FIELDS])
@@ -209,6 +236,30 @@ class _Runner:
             )
         return Outcome(Result.Type.SUCCESSFUL, value_payload=value_payload)
 
+    def _reject_environment(self, job_id: str, differences: list[environment.Difference]) -> Outcome:
+        """Return the FAILED outcome of a job that this ``--strict-env`` worker does not run."""
+        missing = [difference.module for difference in differences if difference.missing]
+        if missing:
+            reason = f"lacks modules that the job imports ({', '.join(missing)})"
+        else:
+            reason = "has other major or minor versions of the job's distributions"
+        return Outcome(
+            Result.Type.FAILED,
+            exc_string=f"{environment.EnvironmentMismatchError.__module__}.EnvironmentMismatchError: Job {job_id} was "
+            f"rejected because worker {self.worker_name} runs with --strict-env and {reason}. Install the versions of the submitting environment, or start the worker without "
+            f"--strict-env.\n\n{environment.format_table(differences, job_id)}",
+        )
+
+    def _missing_modules_note(self, job_id: str, differences: list[environment.Difference]) -> str:
+        """Return the lines to add to an unpickling failure that names the job's modules missing here."""
+        missing = [difference.module for difference in differences if difference.missing]
+        if not missing:
+            return ""
+        return (
+            f"\nModules missing on worker {self.worker_name}: {', '.join(missing)}. Install them where the worker "
+            f"runs.\n\n{environment.format_table(differences, job_id)}"
+        )
+
 
 def _import_function(path: str) -> Any:
     module_name, _, attribute = path.rpartition(".")
@@ -217,7 +268,14 @@ def _import_function(path: str) -> Any:
 
 
 def _format_exception(exc: BaseException) -> str:
-    """Format a traceback without the horse's own frame, so that it starts in the job's code."""
+    """Format a traceback without the horse's own frame, so that it starts in the job's code.
+
+    A failed notebook cell has no useful Python traceback in the horse: its message carries the kernel's.
+    """
+    from nbqueue.notebooks import NotebookCellError
+
+    if isinstance(exc, NotebookCellError):
+        return f"{NotebookCellError.__module__}.{NotebookCellError.__qualname__}: {exc}"
     tb = exc.__traceback__
     if tb is not None and tb.tb_frame.f_code is _Runner._execute.__code__:
         tb = tb.tb_next

@@ -24,13 +24,16 @@ PREFETCH_SLOW_S = 0.1
 class HorseHandle:
     """A work horse process and the jobs sent to it, oldest (the running one) first."""
 
-    def __init__(self, connection: redis.Redis, worker_name: str, settings: Settings):
+    def __init__(self, connection: redis.Redis, worker_name: str, settings: Settings, strict_env: bool = False):
         context = multiprocessing.get_context("fork")
         parent_end, child_end = context.Pipe()
         pool = connection.connection_pool
         self.process = context.Process(
             target=horse.main,
-            args=(child_end, parent_end, pool.connection_class, dict(pool.connection_kwargs), worker_name, settings),
+            args=(
+                child_end, parent_end, pool.connection_class, dict(pool.connection_kwargs), worker_name, settings,
+                strict_env,
+            ),
             name=f"nbqueue-horse-{worker_name}",
         )
         self.process.start()
@@ -51,9 +54,16 @@ class HorseHandle:
         return max(0, self.prefetch - len(self.pending))
 
     def send(self, execution: Execution, now: float) -> bool:
-        """Send a job; return True if the horse starts it at once (it had nothing else)."""
+        """Send a job; return True if the horse starts it at once (it had nothing else).
+
+        A horse that died keeps the job unstarted, so the supervisor returns it to its queue when it
+        handles the death.
+        """
         self.pending.append(execution)
-        self.pipe.send(("run", execution))
+        try:
+            self.pipe.send(("run", execution))
+        except OSError:
+            return False
         if len(self.pending) == 1:
             execution.started_at = now
             return True

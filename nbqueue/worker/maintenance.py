@@ -18,15 +18,23 @@ from nbqueue.worker.outcome import Execution, Record, record_outcomes
 
 log = logging.getLogger("nbqueue.worker")
 
-#: Seconds between heartbeats: the worker key's expiry and its running jobs' leases are renewed.
+#: Seconds between heartbeats of a worker holding jobs: its key's expiry and its jobs' leases are renewed.
 HEARTBEAT_INTERVAL_S = 10.0
+#: Seconds between heartbeats of an idle worker, which has no leases to renew.
+IDLE_HEARTBEAT_INTERVAL_S = 20.0
+#: Seconds a worker's key lives after its last heartbeat.
+WORKER_TTL_S = 60
 #: Seconds after its last heartbeat that a running job counts as abandoned.
 STARTED_LEASE_S = 30.0
 #: Seconds between two looks for abandoned jobs. A job is failed or retried at most
-#: STARTED_LEASE_S + MAINTENANCE_INTERVAL_S (45 s) after its worker's last heartbeat.
-MAINTENANCE_INTERVAL_S = 15.0
-#: Longest time between two moves of due scheduled jobs, in seconds; sooner when a job is due sooner.
-SCHEDULER_INTERVAL_S = 5.0
+#: STARTED_LEASE_S + MAINTENANCE_INTERVAL_S (50 s) after its worker's last heartbeat.
+MAINTENANCE_INTERVAL_S = 20.0
+#: Maximum time between two moves of due scheduled jobs, in seconds. A worker moves them sooner when it
+#: knows a job is due sooner: from its own delayed retries, from the earliest due time the last move saw,
+#: and when enqueue_at() or enqueue_in() pushes to the scheduler wake-up list.
+SCHEDULER_INTERVAL_S = 60.0
+#: Milliseconds the lock on moving due jobs is held at most.
+SCHEDULER_LOCK_MS = 2000
 #: Due jobs moved per queue and call.
 SCHEDULER_BATCH = 1000
 
@@ -49,7 +57,7 @@ def send_heartbeat(
         "current_jobs": json.dumps([execution.job_id for execution in running]),
         **counters,
     })
-    pipe.expire(keys.worker(worker_name), int(HEARTBEAT_INTERVAL_S * 3))
+    pipe.expire(keys.worker(worker_name), WORKER_TTL_S)
     leases: dict[str, dict[str, float]] = {}
     for execution in held:
         leases.setdefault(execution.queue, {})[execution.job_id] = now + STARTED_LEASE_S
@@ -59,15 +67,18 @@ def send_heartbeat(
 
 
 def enqueue_due_jobs(scripts: Scripts, worker_name: str, queue_names: Sequence[str]) -> tuple[int, float | None]:
-    """Move due scheduled jobs of ``queue_names`` to their queues, if this worker holds the scheduler lock.
+    """Move due scheduled jobs of ``queue_names`` to their queues.
 
-    Returns the number moved and the earliest remaining due time (None if none, or if another worker
-    holds the lock and so does the moving).
+    Returns the number moved and the epoch second of the next move to make: the earliest remaining due
+    time, the moment another worker's lock lapses, or None when nothing is scheduled.
     """
-    moved, earliest = scripts.enqueue_due(
+    now = time.time()
+    moved, earliest, retry_ms = scripts.enqueue_due(
         keys=[keys.SCHEDULER_LOCK],
-        args=[keys.PREFIX, worker_name, int(SCHEDULER_INTERVAL_S * 3000), repr(time.time()), SCHEDULER_BATCH, *queue_names],
+        args=[keys.PREFIX, worker_name, SCHEDULER_LOCK_MS, repr(now), SCHEDULER_BATCH, *queue_names],
     )
+    if int(retry_ms) > 0:
+        return int(moved), now + int(retry_ms) / 1000
     return int(moved), float(earliest) if earliest else None
 
 

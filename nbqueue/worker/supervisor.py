@@ -27,6 +27,7 @@ import redis
 from nbqueue import keys
 from nbqueue.connection import connect, describe
 from nbqueue.errors import InvalidOptionError, JobTimeoutException, NbqueueError, WorkHorseDiedError
+from nbqueue.provenance import PROVENANCE_FIELDS
 from nbqueue.results import Result
 from nbqueue.scripts import Scripts
 from nbqueue.settings import load_settings
@@ -38,9 +39,11 @@ from nbqueue.worker.horses import HorseHandle
 from nbqueue.worker.outcome import Execution, Outcome, Record, record_outcomes
 from nbqueue.worker.maintenance import (
     HEARTBEAT_INTERVAL_S,
+    IDLE_HEARTBEAT_INTERVAL_S,
     MAINTENANCE_INTERVAL_S,
     SCHEDULER_INTERVAL_S,
     STARTED_LEASE_S,
+    WORKER_TTL_S,
     enqueue_due_jobs,
     fail_abandoned_jobs,
     send_heartbeat,
@@ -51,7 +54,7 @@ log = logging.getLogger("nbqueue.worker")
 
 #: Longest blocking wait on an empty queue or the command list, in seconds. An idle worker sends one
 #: command per wait and queue, plus its heartbeats and scheduler and maintenance calls.
-QUEUE_WAIT_S = 10.0
+QUEUE_WAIT_S = 30.0
 #: Seconds a job runs before its hash says 'started' (with its worker and start time).
 MARK_STARTED_AFTER_S = 0.05
 #: Outcomes are recorded together once this many have arrived, this many seconds after the first, or as
@@ -60,8 +63,10 @@ RECORD_BATCH = 64
 RECORD_DELAY_S = 0.005
 #: Seconds between two updates of the worker's state and current jobs in its hash, besides heartbeats.
 STATE_UPDATE_INTERVAL_S = 1.0
-#: Fields read for each job when it is taken: all a Job handle shows, and the retry counters.
-TAKEN_FIELDS = tuple(dict.fromkeys(name for name in (*FIELDS, *RETRY_FIELDS) if name not in ("status", "ttl")))
+#: Fields read for each job when it is taken: all a Job handle shows but provenance, and the retry counters.
+TAKEN_FIELDS = tuple(
+    dict.fromkeys(name for name in (*FIELDS, *RETRY_FIELDS) if name not in ("status", "ttl", *PROVENANCE_FIELDS))
+)
 
 
 # Create the worker's hash unless a live worker has the name. KEYS: worker hash, worker set, command list.
@@ -89,7 +94,9 @@ class Worker:
     """Runs jobs from one or more queues, queues listed first served first.
 
     ``concurrency`` work horses run jobs at the same time. Call :meth:`work` to start; it returns when the
-    worker is shut down or, in burst mode, when the queues are empty.
+    worker is shut down or, in burst mode, when the queues are empty. With ``strict_env``, a job whose
+    payload imports a distribution that is missing here, or installed at another major or minor version,
+    is rejected with a FAILED result instead of run with a warning.
     """
 
     def __init__(
@@ -98,6 +105,7 @@ class Worker:
         connection: redis.Redis | str | None = None,
         name: str | None = None,
         concurrency: int = 1,
+        strict_env: bool = False,
     ):
         if isinstance(queues, str):
             queues = [queues]
@@ -107,6 +115,7 @@ class Worker:
         self.connection = connect(connection)
         self.name = name or f"{socket.gethostname()}.{os.getpid()}"
         self.concurrency = concurrency
+        self.strict_env = strict_env
         self.settings = load_settings()
         self.scripts = Scripts(self.connection)
         self.counters = _Counters()
@@ -115,7 +124,9 @@ class Worker:
         self._waiters: list[BlockingWait] = [
             QueueWaiter(self.connection, keys.queue(q), QUEUE_WAIT_S) for q in self.queue_names
         ]
-        self._command_waiter = CommandWaiter(self.connection, keys.worker_commands(self.name), QUEUE_WAIT_S)
+        self._command_waiter = CommandWaiter(
+            self.connection, keys.worker_commands(self.name), keys.SCHEDULER_WAKE, QUEUE_WAIT_S
+        )
         self._stop_signal: str | None = None
         self._cold = False
         self._draining = False
@@ -145,13 +156,16 @@ class Worker:
         for _ in range(self.concurrency):
             self._add_horse()
         log.info(
-            "Worker %s started: nbqueue %s, pid %d, queues %s, concurrency %d, redis %s%s",
+            "Worker %s started: nbqueue %s, pid %d, queues %s, concurrency %d, redis %s%s%s",
             self.name, __version__, os.getpid(), ", ".join(self.queue_names), self.concurrency,
-            describe(self.connection), ", burst mode" if burst else "",
+            describe(self.connection), ", burst mode" if burst else "", ", strict env" if self.strict_env else "",
         )
         ran_any = False
         try:
             ran_any = self._loop(burst, wakeup_read)
+        except Exception:
+            log.exception("Worker %s stopped on an unexpected error; its running jobs are killed", self.name)
+            raise
         finally:
             self._shutdown_horses()
             for waiter in [*self._waiters, self._command_waiter]:
@@ -196,7 +210,7 @@ class Worker:
             "queues": json.dumps(self.queue_names), "concurrency": self.concurrency, "birth": now,
             "last_heartbeat": now, "state": "idle", "current_jobs": "[]",
         }
-        args: list[Any] = [int(HEARTBEAT_INTERVAL_S * 3)]
+        args: list[Any] = [WORKER_TTL_S]
         for name, value in fields.items():
             args += [name, value]
         registered = self.connection.eval(
@@ -273,13 +287,13 @@ class Worker:
     def _run_periodic_tasks(self) -> None:
         now = time.monotonic()
         if now >= self._next_heartbeat:
-            self._next_heartbeat = now + HEARTBEAT_INTERVAL_S
+            self._next_heartbeat = now + (HEARTBEAT_INTERVAL_S if self._holding() else IDLE_HEARTBEAT_INTERVAL_S)
             send_heartbeat(self.connection, self.name, self._running(), self._held(), self._counter_fields())
         if now >= self._next_scheduler_run:
-            moved, earliest = enqueue_due_jobs(self.scripts, self.name, self.queue_names)
+            moved, next_move = enqueue_due_jobs(self.scripts, self.name, self.queue_names)
             if moved:
                 log.info("Worker %s moved %d due scheduled jobs to their queues", self.name, moved)
-            delay_s = SCHEDULER_INTERVAL_S if earliest is None else min(SCHEDULER_INTERVAL_S, earliest - time.time())
+            delay_s = SCHEDULER_INTERVAL_S if next_move is None else min(SCHEDULER_INTERVAL_S, next_move - time.time())
             self._next_scheduler_run = now + max(0.0, delay_s)
         if now >= self._next_maintenance:
             self._next_maintenance = now + MAINTENANCE_INTERVAL_S
@@ -342,7 +356,10 @@ class Worker:
                     key.data.close()
                     continue
                 if key.data is self._command_waiter and reply:
-                    self._on_command(reply[1])
+                    if reply[0].decode() == keys.SCHEDULER_WAKE:
+                        self._next_scheduler_run = time.monotonic()
+                    else:
+                        self._on_command(reply[1])
             elif key.data in self._horses:
                 self._read_horse(key.data)
 
@@ -599,7 +616,7 @@ class Worker:
     # Work horses
 
     def _add_horse(self) -> HorseHandle:
-        horse_ = HorseHandle(self.connection, self.name, self.settings)
+        horse_ = HorseHandle(self.connection, self.name, self.settings, self.strict_env)
         self._horses.append(horse_)
         self._selector.register(horse_.pipe, selectors.EVENT_READ, horse_)
         return horse_

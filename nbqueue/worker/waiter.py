@@ -5,7 +5,7 @@ work-horse pipes and signals in one ``select``.
 
 - Queues: ``BLMOVE key key RIGHT RIGHT`` moves a list's last element back to where it was, so the list is
   unchanged, and blocks until the list has an element. It needs Redis 6.2 or newer.
-- Commands: ``BLPOP`` on the worker's command list takes the next command.
+- Commands: ``BLPOP`` on the worker's command list and the scheduler wake-up list takes the next one.
 """
 
 from __future__ import annotations
@@ -67,7 +67,11 @@ class QueueWaiter(BlockingWait):
 
 
 class CommandWaiter(BlockingWait):
-    """Takes the next command from a worker's command list."""
+    """Takes the next command from a worker's command list, or the next scheduler wake-up."""
+
+    def __init__(self, client: redis.Redis, key: str, wake_key: str, wait_s: float):
+        super().__init__(client, key, wait_s)
+        self.wake_key = wake_key
 
     def command(self) -> tuple[Any, ...]:
-        return ("BLPOP", self.key, self.wait_s)
+        return ("BLPOP", self.key, self.wake_key, self.wait_s)
