@@ -149,7 +149,15 @@ def _major_minor(version: str) -> tuple[str, str]:
 # Cached because enqueue_many pickles the function once and scans its pickle again for every call.
 @functools.lru_cache(maxsize=64)
 def _module_names(body: bytes) -> frozenset[str]:
-    return frozenset(_scan_opcodes(body) if len(body) <= OPCODE_SCAN_LIMIT_BYTES else _search_short_strings(body))
+    if len(body) <= OPCODE_SCAN_LIMIT_BYTES:
+        return frozenset(_scan_opcodes(body))
+    # NOTE: a large pickle is searched only in its first and last OPCODE_SCAN_LIMIT_BYTES, where the
+    # imports of its objects usually are (a large array or bytes value holds no imports); a module
+    # imported only in the middle of a large pickle is not recorded.
+    view = memoryview(body)
+    return frozenset(
+        _search_short_strings(view[:OPCODE_SCAN_LIMIT_BYTES]) | _search_short_strings(view[-OPCODE_SCAN_LIMIT_BYTES:])
+    )
 
 
 def _scan_opcodes(body: bytes | memoryview) -> set[str]:

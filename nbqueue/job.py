@@ -355,7 +355,7 @@ class Job:
             if not first:
                 pipe.xread({results_key: "0-0"}, count=1, block=block_ms)
             try:
-                newest, job_exists, *_ = pipe.execute()
+                newest, job_exists, *arrived = pipe.execute()
             except (redis.ConnectionError, redis.TimeoutError):
                 if time.monotonic() + delay_s >= deadline:
                     raise
@@ -364,6 +364,11 @@ class Job:
                 continue
             delay_s = 0.05
             first = False
+            if not newest and arrived and arrived[0]:
+                # The stream was empty when this round began, so the entry XREAD returned is the job's first
+                # result: use it rather than reading the stream (and a large value) again.
+                streams = arrived[0]
+                newest = next(iter(streams.values())) if isinstance(streams, dict) else streams[0][1]
             if newest:
                 if newest[0][1].get(b"type") == DISCARDED_MARKER:
                     return None

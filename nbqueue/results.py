@@ -95,7 +95,7 @@ def encode_fields(
     started_at: float | None,
     ended_at: float | None,
     exc_string: str | None = None,
-    return_value_payload: bytes | None = None,
+    return_value_payload: bytes | list[bytes] | None = None,
 ) -> list[Any]:
     """Return the field/value list of one result's stream entry."""
     fields: list[Any] = ["type", str(result_type.value), "worker", worker_name]

@@ -30,14 +30,20 @@ PYTHON_VERSION = "{}.{}.{}".format(*sys.version_info[:3])
 CLOUDPICKLE_VERSION = cloudpickle.__version__
 
 
-def dumps(obj: Any, *, max_bytes: int, secret_key: bytes | None, what: str = "payload") -> bytes:
-    """Pickle ``obj`` into an envelope; raise :class:`SerializationError` if it cannot be pickled."""
+def dumps(
+    obj: Any, *, max_bytes: int, secret_key: bytes | None, what: str = "payload", join: bool = True
+) -> bytes | list[bytes]:
+    """Pickle ``obj`` into an envelope; raise :class:`SerializationError` if it cannot be pickled.
+
+    With ``join=False`` the envelope is returned as a list of buffers (header, then pickle), which saves a
+    copy of a large pickle where the buffers can be sent as they are (see :func:`nbqueue.wire.pack_command`).
+    """
     register_local_modules()
     try:
         body = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         raise SerializationError(f"Cannot pickle the {what}: {type(exc).__name__}: {exc}") from exc
-    return _wrap(body, max_bytes=max_bytes, secret_key=secret_key, what=what)
+    return _wrap(body, max_bytes=max_bytes, secret_key=secret_key, what=what, join=join)
 
 
 def dumps_call(
@@ -151,8 +157,9 @@ def _wrap(
     secret_key: bytes | None,
     what: str,
     extra: dict[str, Any] | None = None,
-) -> bytes:
-    """Join the magic, header and body parts into one envelope, copying the body once."""
+    join: bool = True,
+) -> Any:
+    """Join the magic, header and body parts into one envelope, copying the body once (none if not ``join``)."""
     body_parts = [parts] if isinstance(parts, bytes) else parts
     header: dict[str, Any] = {"python": PYTHON_VERSION, "cloudpickle": CLOUDPICKLE_VERSION, **(extra or {})}
     if secret_key is not None:
@@ -167,7 +174,10 @@ def _wrap(
             f"The {what} is {size:,} bytes, over the limit of {max_bytes:,} bytes: pass a smaller value "
             "(for example a file path the worker can read) or raise NBQUEUE_MAX_PAYLOAD_BYTES"
         )
-    return b"".join((MAGIC, _HEADER_LENGTH.pack(len(header_bytes)), header_bytes, *body_parts))
+    head = b"".join((MAGIC, _HEADER_LENGTH.pack(len(header_bytes)), header_bytes))
+    if not join:
+        return [head, *body_parts]
+    return b"".join((head, *body_parts))
 
 
 def _check_versions(header: dict[str, Any], what: str) -> None:

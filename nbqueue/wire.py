@@ -23,18 +23,24 @@ def _encode(arg: Any) -> bytes | memoryview:
 
 
 def pack_command(*args: Any) -> list[bytes | memoryview]:
-    """Encode one command in the Redis protocol (RESP) as buffers to send in order."""
+    """Encode one command in the Redis protocol (RESP) as buffers to send in order.
+
+    An argument may be a list of buffers, sent as one value made of their concatenation, so that a large
+    value built in parts is never joined in memory.
+    """
     parts: list[bytes | memoryview] = []
     small = [b"*%d\r\n" % len(args)]
     for arg in args:
-        value = _encode(arg)
-        small.append(b"$%d\r\n" % len(value))
-        if len(value) >= LARGE_VALUE_BYTES:
-            parts.append(b"".join(small))
-            parts.append(value)
-            small = [b"\r\n"]
-        else:
-            small += [value, b"\r\n"]
+        values = [_encode(value) for value in arg] if isinstance(arg, list) else [_encode(arg)]
+        small.append(b"$%d\r\n" % sum(len(value) for value in values))
+        for value in values:
+            if len(value) >= LARGE_VALUE_BYTES:
+                parts.append(b"".join(small))
+                parts.append(value)
+                small = []
+            else:
+                small.append(value)
+        small.append(b"\r\n")
     parts.append(b"".join(small))
     return parts
 

@@ -162,7 +162,7 @@ class _Runner:
             wrote_output = self.capture.end()
         ended_at = time.time()
 
-        large = outcome.value_payload is not None and len(outcome.value_payload) > INLINE_LIMIT_BYTES
+        large = isinstance(outcome.value_payload, list)
         if not (record_now or large):
             return Report(execution.job_id, outcome, started_at, ended_at, wrote_output, False)
         record = Record(execution, outcome, self.worker_name, started_at, ended_at, wrote_output)
@@ -225,9 +225,12 @@ class _Runner:
         if value is None:
             return Outcome(Result.Type.SUCCESSFUL)
         try:
-            value_payload = serialization.dumps(
-                value, max_bytes=settings.max_payload_bytes, secret_key=settings.secret_key, what="return value"
+            parts = serialization.dumps(
+                value, max_bytes=settings.max_payload_bytes, secret_key=settings.secret_key, what="return value",
+                join=False,
             )
+            # A large value stays in parts, which the horse sends to Redis without joining them.
+            value_payload = parts if sum(len(part) for part in parts) > INLINE_LIMIT_BYTES else b"".join(parts)
         except SerializationError as exc:
             return Outcome(
                 Result.Type.FAILED,

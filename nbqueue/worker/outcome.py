@@ -14,6 +14,7 @@ from nbqueue.durations import DEFAULT_RESULT_TTL_S
 from nbqueue.job import JobStatus
 from nbqueue.results import Result, encode_fields
 from nbqueue.scripts import Scripts
+from nbqueue.wire import execute_packed, pack_command
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ class Outcome:
 
     type: Result.Type
     exc_string: str | None = None
-    value_payload: bytes | None = None
+    #: The pickled return value: bytes, or the buffers of a large one, sent to Redis without joining.
+    value_payload: bytes | list[bytes] | None = None
     #: For a retry: the delay in seconds before the next run (0 puts it back on the queue at once).
     retry_delay_s: float | None = None
     #: Job fields to update with the outcome, such as the retry counters.
@@ -113,6 +115,22 @@ def record_arguments(record: Record) -> list[object]:
     ]
 
 
+def _call_finish(connection: redis.Redis, scripts: Scripts, args: list[object]) -> list[int]:
+    """Run the FINISH script; a value in parts (a large return value) is sent without being joined."""
+    if not any(isinstance(arg, list) for arg in args):
+        return scripts.finish(args=args)
+    command = pack_command("EVALSHA", scripts.finish.sha, 0, *args)
+    (reply,) = execute_packed(connection, [command], 1)
+    if isinstance(reply, redis.exceptions.NoScriptError) or (
+        isinstance(reply, redis.ResponseError) and str(reply).startswith("NOSCRIPT")
+    ):
+        connection.script_load(scripts.finish.script)
+        (reply,) = execute_packed(connection, [command], 1)
+    if isinstance(reply, Exception):
+        raise reply
+    return reply
+
+
 def record_outcomes(connection: redis.Redis, scripts: Scripts, records: Sequence[Record]) -> list[bool]:
     """Record outcomes in one script call; return, for each, False if its job was no longer this run's.
 
@@ -127,7 +145,7 @@ def record_outcomes(connection: redis.Redis, scripts: Scripts, records: Sequence
     delay_s = 0.1
     while True:
         try:
-            return [bool(flag) for flag in scripts.finish(args=args)]
+            return [bool(flag) for flag in _call_finish(connection, scripts, args)]
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             if time.monotonic() > deadline:
                 raise
