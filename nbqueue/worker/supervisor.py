@@ -6,7 +6,7 @@ command list and on signals. Redis round trips are batched:
 - one Lua script moves a batch of jobs from the queues into their started registries and returns their
   fields and payloads, which go to the horses ahead of time (up to ``MAX_PREFETCH`` while jobs are quick);
 - the horses report outcomes over their pipes, and one script records the outcomes that arrived together;
-- a job's status becomes 'started' in its hash only when it has run for ``MARK_STARTED_AFTER_S``, so a
+- a job's status becomes 'started' in its hash only when it has run for ``writes.MARK_STARTED_AFTER_S``, so a
   job of a few milliseconds costs no write when it starts (its started registry entry says it is taken).
 """
 
@@ -36,7 +36,7 @@ from nbqueue.job import FIELDS
 from nbqueue.worker.failures import RETRY_FIELDS, failure_outcome
 from nbqueue.worker.horse import INLINE_LIMIT_BYTES, Report
 from nbqueue.worker.horses import HorseHandle
-from nbqueue.worker.outcome import Execution, Outcome, Record, record_outcomes
+from nbqueue.worker.outcome import Execution, Outcome, Record
 from nbqueue.worker.maintenance import (
     HEARTBEAT_INTERVAL_S,
     IDLE_HEARTBEAT_INTERVAL_S,
@@ -49,18 +49,13 @@ from nbqueue.worker.maintenance import (
     send_heartbeat,
 )
 from nbqueue.worker.waiter import BlockingWait, CommandWaiter, QueueWaiter
+from nbqueue.worker.writes import PendingWrites
 
 log = logging.getLogger("nbqueue.worker")
 
 #: Longest blocking wait on an empty queue or the command list, in seconds. An idle worker sends one
 #: command per wait and queue, plus its heartbeats and scheduler and maintenance calls.
 QUEUE_WAIT_S = 30.0
-#: Seconds a job runs before its hash says 'started' (with its worker and start time).
-MARK_STARTED_AFTER_S = 0.05
-#: Outcomes are recorded together once this many have arrived, this many seconds after the first, or as
-#: soon as a work horse has nothing left to run.
-RECORD_BATCH = 64
-RECORD_DELAY_S = 0.005
 #: Seconds between two updates of the worker's state and current jobs in its hash, besides heartbeats.
 STATE_UPDATE_INTERVAL_S = 1.0
 #: Fields read for each job when it is taken: all a Job handle shows but provenance, and the retry counters.
@@ -130,11 +125,8 @@ class Worker:
         self._stop_signal: str | None = None
         self._cold = False
         self._draining = False
-        self._records: list[Record] = []
-        self._first_record_at = 0.0
-        self._returns: list[Execution] = []
+        self._writes = PendingWrites(self.connection, self.scripts, self.name)
         self._stopped_early: set[str] = set()
-        self._marked: set[str] = set()
         self._published_state: tuple[str, tuple[str, ...]] | None = None
         self._next_state_update = 0.0
         self._next_heartbeat = 0.0
@@ -265,8 +257,8 @@ class Worker:
             self._wait_events(self._select_timeout(burst), wakeup_read)
             self._enforce_deadlines()
             try:
-                self._flush_if_due()
-                self._mark_started()
+                self._writes.flush_if_due(horse_idle=self._has_idle_horse(), stopping=self._stop_signal is not None)
+                self._writes.mark_due(self._running())
                 self._publish_state()
             except redis.ConnectionError as exc:
                 log.warning("Worker %s cannot reach Redis, retrying in 1s: %s", self.name, exc)
@@ -328,10 +320,12 @@ class Worker:
         for execution in self._running():
             if execution.deadline is not None:
                 timeout = min(timeout, max(0.0, execution.deadline - wall))
-            if execution.job_id not in self._marked and execution.started_at is not None:
-                timeout = min(timeout, max(0.0, execution.started_at + MARK_STARTED_AFTER_S - wall))
-        if self._records:
-            timeout = min(timeout, max(0.0, self._first_record_at + RECORD_DELAY_S - now))
+        next_mark = self._writes.next_mark(self._running())
+        if next_mark is not None:
+            timeout = min(timeout, max(0.0, next_mark - wall))
+        record_deadline = self._writes.record_deadline()
+        if record_deadline is not None:
+            timeout = min(timeout, max(0.0, record_deadline - now))
         if self._published_state is not None and self._published_state[1]:
             timeout = min(timeout, STATE_UPDATE_INTERVAL_S)
         if burst and self._has_idle_horse():
@@ -458,7 +452,7 @@ class Worker:
                 elif kind == "skipped":
                     execution = horse_.pop_finished(value, now)
                     if execution is not None and value not in self._stopped_early:
-                        self._returns.append(execution)
+                        self._writes.returns.append(execution)
                     self._stopped_early.discard(value)
                     if horse_.running is not None:
                         self._log_start(horse_.running)
@@ -477,7 +471,7 @@ class Worker:
             self._log_start(horse_.running)
         if execution is None:
             return
-        self._marked.discard(execution.job_id)
+        self._writes.marked.discard(execution.job_id)
         duration_s = report.ended_at - report.started_at
         horse_.adapt_prefetch(duration_s)
         if report.outcome is None:
@@ -492,62 +486,10 @@ class Worker:
         )
 
     def _add_record(self, record: Record) -> None:
-        if not self._records:
-            self._first_record_at = time.monotonic()
-        self._records.append(record)
-
-    def _flush_if_due(self) -> None:
-        if self._returns:
-            self._return_to_queue()
-        if not self._records:
-            return
-        due = (
-            len(self._records) >= RECORD_BATCH
-            or time.monotonic() >= self._first_record_at + RECORD_DELAY_S
-            or self._has_idle_horse()
-            or self._stop_signal is not None
-        )
-        if due:
-            self._flush()
+        self._writes.add_record(record)
 
     def _flush(self) -> None:
-        """Record every outcome that arrived, in one script call."""
-        records, self._records = self._records, []
-        for record, recorded in zip(records, record_outcomes(self.connection, self.scripts, records)):
-            if not recorded:
-                log.warning(
-                    "Job %s: outcome %s not recorded, because the job's outcome was already recorded elsewhere "
-                    "(its lease had lapsed and another worker took it over)",
-                    record.execution.job_id, record.outcome.type.name,
-                )
-        if self._returns:
-            self._return_to_queue()
-
-    def _return_to_queue(self) -> None:
-        executions, self._returns = self._returns, []
-        args: list[Any] = [keys.PREFIX]
-        for execution in executions:
-            args += [execution.job_id, execution.queue]
-        returned = self.scripts.return_to_queue(args=args)
-        for execution in executions:
-            log.info("Job %s returned to the head of queue %s, not run", execution.job_id, execution.queue)
-        if returned != len(executions):
-            log.warning("Worker %s returned %d of %d unrun jobs to their queues", self.name, returned, len(executions))
-
-    def _mark_started(self) -> None:
-        now = time.time()
-        due = [
-            execution for execution in self._running()
-            if execution.job_id not in self._marked and execution.started_at is not None
-            and now - execution.started_at >= MARK_STARTED_AFTER_S
-        ]
-        if not due:
-            return
-        args: list[Any] = [keys.PREFIX, self.name]
-        for execution in due:
-            args += [execution.job_id, execution.queue, repr(execution.started_at)]
-            self._marked.add(execution.job_id)
-        self.scripts.mark_started(args=args)
+        self._writes.flush()
 
     def _log_outcome(
         self, execution: Execution, result_type: Result.Type, exc_string: str | None, retry_delay_s: float | None,
@@ -603,13 +545,13 @@ class Worker:
                 f"{horse_.exit_description()}"
             )
         waiting = [execution for execution in horse_.pending if execution is not running]
-        self._returns += [execution for execution in waiting if execution.job_id not in self._stopped_early]
+        self._writes.returns += [execution for execution in waiting if execution.job_id not in self._stopped_early]
         self._replace_horse(horse_)
         if running is not None and outcome is not None:
             now = time.time()
             started_at = running.started_at or now
             self._add_record(Record(running, outcome, self.name, started_at, now, True))
-            self._marked.discard(running.job_id)
+            self._writes.marked.discard(running.job_id)
             self._log_outcome(running, outcome.type, outcome.exc_string, outcome.retry_delay_s, now - started_at)
         self._flush()
 
@@ -645,7 +587,7 @@ class Worker:
                     f"({self._stop_signal or 'stopped'}, cold shutdown) while the job ran; the job was killed",
                 ))
             elif horse_.pending:
-                self._returns += horse_.pending
+                self._writes.returns += horse_.pending
                 horse_.pending.clear()
         try:
             self._flush()
