@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
+import redis
 
 from nbqueue.cli_jobs import empty, info, requeue, stop
 from nbqueue.cli_notebooks import fetch, submit
 from nbqueue.cli_server import server
 from nbqueue.cli_worker import worker
+from nbqueue.errors import NbqueueError
 from nbqueue.version import __version__
 
 
@@ -22,4 +26,9 @@ for command in (empty, fetch, info, requeue, server, stop, submit, worker):
 
 
 def main() -> None:
-    cli(prog_name="nbqueue")
+    try:
+        cli(prog_name="nbqueue")
+    except (NbqueueError, redis.RedisError, OSError) as exc:
+        # Errors a command did not turn into a message itself: one line, no traceback.
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(1)

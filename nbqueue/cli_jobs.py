@@ -88,7 +88,7 @@ def _show_job(connection: redis.Redis, job_id: str) -> None:
         ("notebook", job.notebook_path),
         ("cell id", job.cell_id),
         ("cell source", job.cell_source_hash),
-        ("result", result.type.value if result is not None else None),
+        ("result", result.type.name if result is not None else None),
     ]
     for label, value in rows:
         if value is not None:

@@ -15,6 +15,8 @@ DEFAULT_RESULT_TTL_S = 500
 DEFAULT_FAILURE_TTL_S = 365 * 24 * 3600
 #: The value that means "no limit" for timeouts and "never expires" for TTLs.
 NO_LIMIT = -1
+#: Largest timeout or TTL accepted, in seconds (100 years); Redis rejects expiry times far beyond it.
+MAX_DURATION_S = 100 * 365 * 24 * 3600
 
 _UNITS_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$", re.IGNORECASE)
@@ -47,6 +49,10 @@ def parse_duration(value: object, option: str) -> float:
         return NO_LIMIT
     if seconds < 0 or not math.isfinite(seconds):
         raise TimeoutFormatError(f"{option}={value!r} is invalid: use a positive number of seconds, or -1 for no limit")
+    if seconds > MAX_DURATION_S:
+        raise TimeoutFormatError(
+            f"{option}={value!r} is too large: the maximum is {MAX_DURATION_S:,} seconds (100 years); use -1 for no limit"
+        )
     return seconds
 
 

@@ -318,7 +318,7 @@ class Job:
         if timeout is None or timeout == 0:
             result = self._newest(self.connection.xrevrange(keys.results(self.id), count=1))
         else:
-            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
                 raise InvalidOptionError(f"timeout={timeout!r} is invalid: give a number of seconds >= 0")
             from nbqueue.feedback import wait_feedback
 
@@ -381,7 +381,7 @@ class Job:
 
         The wait runs in a thread in chunks of about a second, so cancelling the task ends it promptly.
         """
-        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0):
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0):
             raise InvalidOptionError(f"timeout={timeout!r} is invalid: give a number of seconds >= 0, or None")
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

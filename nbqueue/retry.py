@@ -22,7 +22,7 @@ class Retry:
         if not intervals:
             raise InvalidOptionError("Retry(interval=[]) is invalid: give at least one interval, or a number")
         for value in intervals:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
                 raise InvalidOptionError(
                     f"Retry(interval={interval!r}) is invalid: intervals must be numbers of seconds >= 0"
                 )

@@ -205,3 +205,18 @@ def test_stop_queued_job_exits_one(connection, redis_url):
 
     assert result.returncode == 1
     assert f"Error: Job {job.id!r} is not running (status queued)" in result.stderr
+
+
+def test_unreachable_redis_gives_one_error_line(tmp_path):
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    # Nothing listens on the port once the probe socket is closed.
+    completed = run_cli("info", "--url", f"redis://:secret-word@127.0.0.1:{port}/0")
+
+    assert completed.returncode == 1
+    assert completed.stderr.startswith("Error: ")
+    assert "Traceback" not in completed.stderr
+    assert "secret-word" not in completed.stderr

@@ -140,3 +140,27 @@ def test_parse_ttl_zero_rejected_when_disallowed(value):
 def test_parse_ttl_no_limit_when_zero_disallowed():
     assert parse_ttl(-1, "ttl", allow_zero=False) == -1
     assert parse_ttl("5s", "ttl", allow_zero=False) == 5
+
+
+@pytest.mark.parametrize("option", ["ttl", "result_ttl", "failure_ttl", "job_timeout"])
+def test_huge_duration_rejected_before_writing(connection, option):
+    from nbqueue import Queue
+
+    queue = Queue("hugeq", connection=connection)
+    size_before = connection.dbsize()
+
+    with pytest.raises(TimeoutFormatError) as excinfo:
+        queue.enqueue("operator.add", 1, 2, **{option: 10**17})
+
+    assert f"{option}=100000000000000000 is too large" in str(excinfo.value)
+    assert "use -1 for no limit" in str(excinfo.value)
+    assert connection.dbsize() == size_before
+
+
+def test_retry_interval_not_finite_rejected():
+    from nbqueue import Retry
+
+    with pytest.raises(InvalidOptionError):
+        Retry(max=2, interval=float("nan"))
+    with pytest.raises(InvalidOptionError):
+        Retry(max=2, interval=[1, float("inf")])

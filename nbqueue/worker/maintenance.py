@@ -51,7 +51,10 @@ def send_heartbeat(
     """Renew the worker key and the leases of the jobs it holds (running or waiting in a work horse)."""
     now = time.time()
     pipe = connection.pipeline(transaction=False)
+    # The name and the set entry are written again so that a worker survives Redis losing its data.
+    pipe.sadd(keys.WORKERS, worker_name)
     pipe.hset(keys.worker(worker_name), mapping={
+        "name": worker_name,
         "last_heartbeat": repr(now),
         "state": "busy" if running else "idle",
         "current_jobs": json.dumps([execution.job_id for execution in running]),
