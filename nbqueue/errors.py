@@ -64,11 +64,12 @@ class WorkHorseDiedError(NbqueueError):
     """The exception recorded when the process running a job exited without recording an outcome."""
 
 
-class JobsFailedError(NbqueueError):
-    """Raised by :func:`nbqueue.wait` and :meth:`Queue.map` when every job ended but some failed or were stopped.
+class WaitOutcomeError(NbqueueError):
+    """Base of the errors of :func:`nbqueue.wait` and :meth:`Queue.map`, which carry what the wait saw.
 
-    ``values`` lists the return values in input order, with None for the failed items. ``failures`` maps the
-    index of each failed item to its final :class:`~nbqueue.Result`. ``jobs`` lists the jobs in input order.
+    ``values`` lists the return values in input order, with None for the items without one. ``failures``
+    maps the index of each failed item to its final :class:`~nbqueue.Result`. ``jobs`` lists the jobs in
+    input order.
     """
 
     def __init__(
@@ -86,24 +87,12 @@ class JobsFailedError(NbqueueError):
         self.jobs = jobs if jobs is not None else []
 
 
-class WaitTimeoutError(NbqueueError, TimeoutError):
+class JobsFailedError(WaitOutcomeError):
+    """Raised by :func:`nbqueue.wait` and :meth:`Queue.map` when every job ended but some failed or were stopped."""
+
+
+class WaitTimeoutError(WaitOutcomeError, TimeoutError):
     """Raised by :func:`nbqueue.wait` and :meth:`Queue.map` when the timeout passes before every job ended.
 
-    The jobs keep running. ``values`` lists the return values of the jobs that finished, in input order,
-    with None for the others. ``failures`` maps the index of each failed item to its final
-    :class:`~nbqueue.Result`. ``jobs`` lists the jobs in input order.
+    The jobs keep running, and ``values`` contains the return values of the jobs that finished.
     """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        values: list[Any] | None = None,
-        failures: dict[int, Any] | None = None,
-        jobs: list[Any] | None = None,
-    ):
-        # The attributes have defaults so that pickle, which calls the class with the message only, works.
-        super().__init__(message)
-        self.values = values if values is not None else []
-        self.failures = failures if failures is not None else {}
-        self.jobs = jobs if jobs is not None else []

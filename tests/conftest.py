@@ -24,7 +24,7 @@ from servers import RedisServer, find_redis_server_binary
 
 def pytest_configure(config) -> None:
     # Every kernel the tests start through jupyter_client leaves a zmq context open, about 20 descriptors
-    # each; a full run needs more than the common soft limit of 1024.
+    # each, so a full run needs more than the common soft limit of 1024.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = 16384 if hard == resource.RLIM_INFINITY else min(hard, 16384)
     if soft != resource.RLIM_INFINITY and soft < wanted:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 
 import pytest
+
+from polling import wait_until
 
 import fault_jobs
 from nbqueue import Job, JobStatus, Queue, Result, keys
@@ -20,15 +21,6 @@ pytestmark = pytest.mark.timeout(60)
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "nbqueue", *args], capture_output=True, text=True, timeout=30)
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll ``predicate`` every 20 ms until it is true, and fail the test naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def table_rows(output: str) -> dict[str, list[str]]:

@@ -8,9 +8,10 @@ from __future__ import annotations
 import signal
 import time
 from collections import Counter
-from collections.abc import Callable
 
 import pytest
+
+from polling import wait_until
 
 import fault_jobs
 from nbqueue import Job, JobStatus, Queue, Result, Retry, keys
@@ -18,15 +19,6 @@ from nbqueue.commands import send_stop_job_command
 from nbqueue.errors import InvalidJobOperation, NoSuchJobError
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll ``predicate`` every 20 ms until it is true, and fail the test naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def wait_until_running(job: Job, worker, timeout_s: float = 15) -> None:

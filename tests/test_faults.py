@@ -21,20 +21,13 @@ from typing import Any
 import pytest
 import redis
 
+from polling import wait_until
+
 import fault_jobs
 from nbqueue import Job, JobStatus, Queue, Result, Retry, keys, serialization
 from test_signing import OTHER_KEY, SECRET_KEY, forge_payload
 
 FINAL_STATUSES = {b"finished", b"failed", b"stopped"}
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str, poll_s: float = 0.02) -> None:
-    """Poll ``predicate`` until it is true, and fail the test naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(poll_s)
 
 
 def statuses(connection: redis.Redis, jobs: list[Job]) -> list[bytes | None]:

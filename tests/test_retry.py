@@ -6,25 +6,17 @@ Every test runs real ``nbqueue worker`` subprocesses against the session's redis
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 import pytest
+
+from polling import wait_until
 
 import fault_jobs
 from nbqueue import Job, JobStatus, Queue, Result, Retry
 from nbqueue.errors import InvalidOptionError
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll ``predicate`` every 20 ms until it is true, and fail the test naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def wait_for_final_result(job: Job, timeout_s: float) -> list[Result]:

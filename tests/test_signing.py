@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +17,8 @@ from typing import Any
 
 import pytest
 import redis
+
+from polling import wait_until
 
 import fault_jobs
 from servers import find_redis_server_binary, free_port
@@ -35,15 +36,6 @@ UNSIGNED_MESSAGE = (
 FORGED_MESSAGE = (
     "has an invalid signature: it was written with another NBQUEUE_SECRET_KEY or altered, so it is refused unread"
 )
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll ``predicate`` every 20 ms until it is true, and fail the test naming ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def forge_payload(connection: redis.Redis, job_id: str, func: Callable[..., Any], args: tuple[Any, ...], key: str) -> None:

@@ -28,6 +28,8 @@ from jupyter_client.kernelspec import KernelSpecManager
 from jupyter_client.manager import AsyncKernelManager
 from nbclient import NotebookClient
 
+from polling import wait_until
+
 from nbqueue import Job, Queue, Result, Retry
 from nbqueue.errors import InvalidOptionError, JobsFailedError, WaitTimeoutError
 from nbqueue.feedback import BarState, format_text_bar
@@ -45,14 +47,6 @@ def sleep_seconds(seconds: float) -> float:
 
 def always_fail(message: str) -> None:
     raise RuntimeError(message)
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, description: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {description}")
-        time.sleep(0.02)
 
 
 def blocked_result_readers(connection: redis.Redis) -> int:

@@ -10,11 +10,13 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
+
+from polling import wait_until
 
 import jobs
 from servers import find_redis_server_binary, free_port
@@ -34,15 +36,6 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, description: str) -> None:
-    """Poll ``predicate`` every 20 ms until it is true, or fail the test naming ``description`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {description}")
-        time.sleep(0.02)
 
 
 def log_lines(log: str, pattern: str) -> list[re.Match]:
