@@ -152,7 +152,7 @@ def _module_names(body: bytes) -> frozenset[str]:
     if len(body) <= OPCODE_SCAN_LIMIT_BYTES:
         return frozenset(_scan_opcodes(body))
     # NOTE: a large pickle is searched only in its first and last OPCODE_SCAN_LIMIT_BYTES, where the
-    # imports of its objects usually are (a large array or bytes value holds no imports); a module
+    # imports of its objects usually are (a large array or bytes value contains no imports); a module
     # imported only in the middle of a large pickle is not recorded.
     view = memoryview(body)
     return frozenset(

@@ -20,11 +20,11 @@ from nbqueue.results import DISCARDED_MARKER, MAX_RESULTS, Result, decode_entrie
 from nbqueue.scripts import scripts_for
 from nbqueue.settings import load_settings
 
-#: Longest single blocking read while waiting for a result, so that Ctrl-C is seen within about a second.
+#: Maximum time of one blocking read while waiting for a result, so that Ctrl-C is seen within about a second.
 WAIT_CHUNK_S = 1.0
 #: Extra seconds a blocking read may take beyond its block time before it counts as a lost connection.
 WAIT_GRACE_S = 1.0
-#: Longest job id accepted, in characters.
+#: Maximum length of a job id, in characters.
 MAX_JOB_ID_LENGTH = 65536
 
 
@@ -342,8 +342,8 @@ class Job:
         deadline = time.monotonic() + timeout_s
         waiter = blocking_client(self.connection, WAIT_CHUNK_S + WAIT_GRACE_S)
         results_key, job_key = keys.results(self.id), keys.job(self.id)
-        # A job this handle has loaded or created is known to exist, so the first read may block at once;
-        # otherwise the first round only looks, so a result or a missing job returns without blocking.
+        # A job this handle has loaded or created is known to exist, so the first read may block at once.
+        # Otherwise the first round only looks, so a result or a missing job returns without blocking.
         first = not self._fields
         delay_s = 0.05
         while True:

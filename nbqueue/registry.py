@@ -10,7 +10,7 @@ from nbqueue import keys
 
 
 class BaseRegistry:
-    """Job ids of one queue in one state. Subclasses say what the score means."""
+    """Job ids of one queue in one state. Each subclass documents what the score means."""
 
     key_for = staticmethod(keys.started)
     #: Whether members whose score has passed are dropped when the registry is read.

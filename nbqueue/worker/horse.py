@@ -47,7 +47,7 @@ INLINE_LIMIT_BYTES = 1024 * 1024
 
 @dataclass(frozen=True)
 class Report:
-    """What the horse tells the supervisor about one run."""
+    """The horse's report to the supervisor on one run."""
 
     job_id: str
     outcome: Outcome | None  # None: the job was deleted before it ran

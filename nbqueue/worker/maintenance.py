@@ -30,7 +30,7 @@ STARTED_LEASE_S = 30.0
 #: STARTED_LEASE_S + MAINTENANCE_INTERVAL_S (50 s) after its worker's last heartbeat.
 MAINTENANCE_INTERVAL_S = 20.0
 #: Maximum time between two moves of due scheduled jobs, in seconds. A worker moves them sooner when it
-#: knows a job is due sooner: from its own delayed retries, from the earliest due time the last move saw,
+#: has learned that a job is due sooner: from its own delayed retries, from the earliest due time the last move saw,
 #: and when enqueue_at() or enqueue_in() pushes to the scheduler wake-up list.
 SCHEDULER_INTERVAL_S = 60.0
 #: Milliseconds the lock on moving due jobs is held at most.

@@ -51,7 +51,7 @@ class Execution:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What an execution produced, ready to be recorded."""
+    """The product of an execution (result type, error, value, retry), ready to be recorded."""
 
     type: Result.Type
     exc_string: str | None = None

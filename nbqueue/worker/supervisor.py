@@ -7,7 +7,7 @@ command list and on signals. Redis round trips are batched:
   fields and payloads, which go to the horses ahead of time (up to ``MAX_PREFETCH`` while jobs are quick);
 - the horses report outcomes over their pipes, and one script records the outcomes that arrived together;
 - a job's status becomes 'started' in its hash only when it has run for ``writes.MARK_STARTED_AFTER_S``, so a
-  job of a few milliseconds costs no write when it starts (its started registry entry says it is taken).
+  job of a few milliseconds costs no write when it starts (its started registry entry marks it taken).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ from nbqueue.worker.writes import PendingWrites
 
 log = logging.getLogger("nbqueue.worker")
 
-#: Longest blocking wait on an empty queue or the command list, in seconds. An idle worker sends one
+#: Maximum blocking wait on an empty queue or the command list, in seconds. An idle worker sends one
 #: command per wait and queue, plus its heartbeats and scheduler and maintenance calls.
 QUEUE_WAIT_S = 30.0
 #: Seconds between two updates of the worker's state and current jobs in its hash, besides heartbeats.
@@ -401,7 +401,7 @@ class Worker:
                     ), self.name, now, now))
                     self._log_outcome(execution, Result.Type.STOPPED, None, None, 0.0)
                 return
-        log.warning("Worker %s got a stop request for job %s, which it no longer holds", self.name, job_id)
+        log.warning("Worker %s ignored a stop request for job %s: the job is not running on this worker", self.name, job_id)
 
     # Jobs
 

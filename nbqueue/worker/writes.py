@@ -15,7 +15,7 @@ from nbqueue.worker.outcome import Execution, Record, record_outcomes
 
 log = logging.getLogger("nbqueue.worker")
 
-#: Seconds a job runs before its hash says 'started' (with its worker and start time).
+#: Seconds a job runs before its hash gets status 'started' (with its worker and start time).
 MARK_STARTED_AFTER_S = 0.05
 #: Outcomes are recorded together once this many have arrived, this many seconds after the first, or as
 #: soon as a work horse has nothing left to run.
@@ -102,7 +102,7 @@ class PendingWrites:
         self.scripts.mark_started(args=args)
 
     def next_mark(self, running: Sequence[Execution]) -> float | None:
-        """The wall-clock time of the next started mark due, or None."""
+        """Return the wall-clock time of the next started mark due, or None."""
         times = [
             execution.started_at + MARK_STARTED_AFTER_S for execution in running
             if execution.job_id not in self.marked and execution.started_at is not None
